@@ -1,0 +1,90 @@
+package backends
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sort"
+	"strings"
+	"sync"
+)
+
+// Opener opens the backend for one parsed key URI.
+type Opener func(ctx context.Context, u *url.URL, opts Options) (Backend, error)
+
+var (
+	registryMu sync.RWMutex
+	registry   = map[string]Opener{}
+)
+
+// Register makes a backend available under a URI scheme. Backend packages
+// call it from init; registering a scheme twice panics.
+func Register(scheme string, open Opener) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	if _, dup := registry[scheme]; dup {
+		panic("backends: scheme registered twice: " + scheme)
+	}
+	registry[scheme] = open
+}
+
+// Schemes returns the registered URI schemes, sorted.
+func Schemes() []string {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	s := make([]string, 0, len(registry))
+	for k := range registry {
+		s = append(s, k)
+	}
+	sort.Strings(s)
+	return s
+}
+
+// Open parses a key URI and opens it with the backend registered for its
+// scheme. Unknown schemes are refused with the list of known ones.
+func Open(ctx context.Context, uri string, opts Options) (Backend, error) {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return nil, fmt.Errorf("key %q: %w: %v", Redact(uri), ErrInvalidURI, err)
+	}
+	if u.Scheme == "" {
+		return nil, fmt.Errorf("key %q: %w: no scheme (want one of %s)", Redact(uri), ErrInvalidURI, strings.Join(Schemes(), ", "))
+	}
+	registryMu.RLock()
+	open, ok := registry[u.Scheme]
+	registryMu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("key %q: %w: unknown scheme %q (want one of %s)", Redact(uri), ErrInvalidURI, u.Scheme, strings.Join(Schemes(), ", "))
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	b, err := open(ctx, u, opts)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Redact returns a key URI fit for logs and errors: user info and query
+// values that may carry credentials are removed.
+func Redact(uri string) string {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return "<unparsable URI>"
+	}
+	u.User = nil
+	if u.RawQuery != "" {
+		q := u.Query()
+		for k := range q {
+			switch strings.ToLower(k) {
+			case "mount", "endpoint", "region":
+			default:
+				q.Set(k, "REDACTED")
+			}
+		}
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs the whole test suite from a fresh clone: installs the Debian packages
+# the tests need, builds and starts the test servers (each described by one
+# file in scripts/test.d/), runs go vet and the race-enabled tests of the main
+# module and of every nested test module, and stops the servers on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export KMSGATE_TEST_WORK=$(mktemp -d "${TMPDIR:-/tmp}/kmsgate-test.XXXXXX")
+# Every test server below is started by this script, so a test that would skip
+# for lack of one fails instead (see backends/backendtest.Require).
+export KMSGATE_REQUIRE_SERVERS=1
+
+CLEANUPS=()
+add_cleanup() { CLEANUPS+=("$1"); }
+cleanup() {
+  local i
+  for ((i=${#CLEANUPS[@]}-1; i>=0; i--)); do eval "${CLEANUPS[i]}" || true; done
+  rm -rf "$KMSGATE_TEST_WORK"
+}
+trap cleanup EXIT
+
+# need_pkg installs Debian packages that are missing (as root, as on CI).
+need_pkg() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "test.sh: installing ${missing[*]}" >&2
+  if [ "$(id -u)" -ne 0 ]; then echo "test.sh: need root to install ${missing[*]}" >&2; return 1; fi
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# wait_for_file waits up to 60 s for a server to write its address file.
+wait_for_file() {
+  local f=$1 i
+  for i in $(seq 1 600); do [ -s "$f" ] && return 0; sleep 0.1; done
+  echo "test.sh: timed out waiting for $f" >&2; return 1
+}
+
+# Nested modules (test servers, deployment checks) whose own tests run too.
+NESTED_MODULES=()
+add_module() { NESTED_MODULES+=("$1"); }
+
+for f in scripts/test.d/*.sh; do
+  [ -e "$f" ] || continue
+  echo "== setup: $f" >&2
+  # shellcheck source=/dev/null
+  source "$f"
+done
+
+echo "== gofmt / go vet" >&2
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then echo "gofmt would change: $unformatted" >&2; exit 1; fi
+go vet ./...
+
+echo "== go test -race ./..." >&2
+go test -race -count=1 -timeout 20m ./...
+
+for m in "${NESTED_MODULES[@]}"; do
+  echo "== go test -race in $m" >&2
+  (cd "$ROOT/$m" && go vet ./... && go test -race -count=1 -timeout 20m ./...)
+done
