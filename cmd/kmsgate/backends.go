@@ -1,0 +1,6 @@
+package main
+
+// The backends kmsgate can open, each registering its URI scheme.
+import (
+	_ "github.com/kmsgate/kmsgate/backends/pem"
+)

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"gopkg.in/yaml.v3"
+)
+
+// configSections are the structured top-level keys of the config file that
+// are not flags; the gateway decodes them itself.
+var configSections = map[string]bool{"clients": true, "routes": true, "oidc": true}
+
+// fileConfig is a parsed --config file: flag values by flag name, and the
+// raw YAML for the structured sections.
+type fileConfig struct {
+	values map[string]any
+	raw    []byte
+}
+
+// envName is the environment variable of a flag: KMSGATE_ and the flag name
+// in upper case with dashes as underscores.
+func envName(flag string) string {
+	return "KMSGATE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// loadConfig reads the YAML file at path. Unknown keys are an error naming
+// the key, so that a typo never silently falls back to a default.
+func loadConfig(path string, known map[string]bool) (*fileConfig, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	values := map[string]any{}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&values); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	var unknown []string
+	for k := range values {
+		if !known[k] && !configSections[k] {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, usagef("config %s: unknown key(s) %s", path, strings.Join(unknown, ", "))
+	}
+	return &fileConfig{values: values, raw: data}, nil
+}
+
+// flagNames returns the names of every flag of cmd and its descendants.
+func flagNames(cmd *cobra.Command) map[string]bool {
+	names := map[string]bool{}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		c.Flags().VisitAll(func(f *pflag.Flag) { names[f.Name] = true })
+		c.PersistentFlags().VisitAll(func(f *pflag.Flag) { names[f.Name] = true })
+		for _, s := range c.Commands() {
+			walk(s)
+		}
+	}
+	walk(cmd)
+	return names
+}
+
+// applyConfig fills every flag of cmd that was not set on the command line
+// from its environment variable, then from the config file.
+func applyConfig(cmd *cobra.Command, cfg *fileConfig) error {
+	var errs []error
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if f.Changed || f.Name == "help" {
+			return
+		}
+		if v, ok := os.LookupEnv(envName(f.Name)); ok {
+			if err := setFlag(f, splitList(f, v)); err != nil {
+				errs = append(errs, usagef("%s=%q: %v", envName(f.Name), redactValue(f.Name, v), err))
+			}
+			return
+		}
+		if cfg == nil {
+			return
+		}
+		v, ok := cfg.values[f.Name]
+		if !ok {
+			return
+		}
+		var vals []string
+		switch t := v.(type) {
+		case []any:
+			for _, e := range t {
+				vals = append(vals, fmt.Sprint(e))
+			}
+		case map[string]any:
+			errs = append(errs, usagef("config key %s: want a value or a list, got a mapping", f.Name))
+			return
+		case nil:
+			return
+		default:
+			vals = splitList(f, fmt.Sprint(t))
+		}
+		if err := setFlag(f, vals); err != nil {
+			errs = append(errs, usagef("config key %s: %v", f.Name, err))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func isList(f *pflag.Flag) bool {
+	_, ok := f.Value.(pflag.SliceValue)
+	return ok
+}
+
+// splitList splits a comma-separated environment value for list flags.
+func splitList(f *pflag.Flag, v string) []string {
+	if !isList(f) {
+		return []string{v}
+	}
+	var out []string
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func setFlag(f *pflag.Flag, vals []string) error {
+	if sv, ok := f.Value.(pflag.SliceValue); ok {
+		if err := sv.Replace(vals); err != nil {
+			return err
+		}
+		f.Changed = true
+		return nil
+	}
+	if len(vals) != 1 {
+		return fmt.Errorf("want one value, got %d", len(vals))
+	}
+	if err := f.Value.Set(vals[0]); err != nil {
+		return err
+	}
+	f.Changed = true
+	return nil
+}
+
+// redactValue hides values of flags that may hold secrets in error messages.
+func redactValue(name, v string) string {
+	if strings.Contains(name, "token") || strings.Contains(name, "secret") {
+		return "REDACTED"
+	}
+	return v
+}

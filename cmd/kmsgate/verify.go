@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kmsgate/kmsgate/jwks"
+)
+
+func newVerifyCmd() *cobra.Command {
+	var (
+		jwksFrom string
+		want     jwks.Expect
+	)
+	cmd := &cobra.Command{
+		Use:   "verify --jwks URL|FILE TOKEN",
+		Short: "Verify a token against a JWKS (URL or file) and print its claims",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if jwksFrom == "" {
+				return usagef("--jwks is required (a URL or a file)")
+			}
+			data, err := readJWKS(cmd.Context(), jwksFrom)
+			if err != nil {
+				return err
+			}
+			set, err := jwks.ParseSet(data)
+			if err != nil {
+				return fmt.Errorf("%s: %w", jwksFrom, err)
+			}
+			claims, err := jwks.VerifyWithSet(strings.TrimSpace(args[0]), set, want)
+			if err != nil {
+				return err
+			}
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			enc.SetIndent("", "  ")
+			return enc.Encode(claims)
+		},
+	}
+	cmd.Flags().StringVar(&jwksFrom, "jwks", "", "JWKS URL (http:// or https://) or file")
+	cmd.Flags().StringVar(&want.Issuer, "issuer", "", "required iss (empty: any)")
+	cmd.Flags().StringVar(&want.Audience, "audience", "", "required aud (empty: any)")
+	cmd.Flags().DurationVar(&want.Leeway, "leeway", 30*time.Second, "allowed clock skew")
+	return cmd
+}
+
+// readJWKS reads a key set from a URL (10 s timeout, 1 MiB at most) or a file.
+func readJWKS(ctx context.Context, from string) ([]byte, error) {
+	if !strings.HasPrefix(from, "http://") && !strings.HasPrefix(from, "https://") {
+		b, err := os.ReadFile(from)
+		if err != nil {
+			return nil, fmt.Errorf("read JWKS: %w", err)
+		}
+		return b, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, from, nil)
+	if err != nil {
+		return nil, usagef("--jwks %q: %v", from, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("fetch JWKS: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("fetch JWKS %s: status %s", from, resp.Status)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("fetch JWKS: %w", err)
+	}
+	return b, nil
+}

@@ -1,0 +1,93 @@
+package jwks
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/kmsgate/kmsgate/backends"
+)
+
+// ParseSet parses a JWKS document, keeping only the keys kmsgate signs with
+// (EC P-256, ES256 or no alg). A document with no such key is an error.
+func ParseSet(data []byte) (*jose.JSONWebKeySet, error) {
+	var raw jose.JSONWebKeySet
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("jwks: parse key set: %w", err)
+	}
+	out := &jose.JSONWebKeySet{}
+	for _, k := range raw.Keys {
+		if !k.Valid() || !k.IsPublic() || (k.Algorithm != "" && k.Algorithm != string(jose.ES256)) {
+			continue
+		}
+		if _, err := backends.CheckP256("jwk", k.Key); err != nil {
+			continue
+		}
+		out.Keys = append(out.Keys, k)
+	}
+	if len(out.Keys) == 0 {
+		return nil, errors.New("jwks: key set has no EC P-256 (ES256) key")
+	}
+	return out, nil
+}
+
+// Expect is what a verified token must carry.
+type Expect struct {
+	// Issuer is the required iss; empty accepts any (the CLI without --issuer).
+	Issuer string
+	// Audience is the required aud; empty accepts any.
+	Audience string
+	// Leeway is the allowed clock skew for exp, nbf and iat.
+	Leeway time.Duration
+	// Now returns the current time; time.Now when nil.
+	Now func() time.Time
+}
+
+// ErrUnknownKID is returned by VerifyWithSet when the token's kid is not in
+// the key set; a caller may refresh the set and try again.
+var ErrUnknownKID = errors.New("jwks: token kid is not in the key set")
+
+// VerifyWithSet verifies a compact ES256 JWT against a key set: the header
+// must name a kid of the set, the signature must verify with that key, and
+// exp, nbf, iat, iss and aud must pass. It returns every claim.
+func VerifyWithSet(token string, set *jose.JSONWebKeySet, want Expect) (map[string]any, error) {
+	tok, err := jwt.ParseSigned(token, []jose.SignatureAlgorithm{jose.ES256})
+	if err != nil {
+		return nil, fmt.Errorf("jwks: parse token: %w", err)
+	}
+	if len(tok.Headers) != 1 {
+		return nil, errors.New("jwks: token must have exactly one signature")
+	}
+	kid := tok.Headers[0].KeyID
+	if kid == "" {
+		return nil, errors.New("jwks: token has no kid")
+	}
+	keys := set.Key(kid)
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownKID, kid)
+	}
+	var std jwt.Claims
+	all := map[string]any{}
+	if err := tok.Claims(keys[0].Key, &std, &all); err != nil {
+		return nil, fmt.Errorf("jwks: signature: %w", err)
+	}
+	now := time.Now
+	if want.Now != nil {
+		now = want.Now
+	}
+	exp := jwt.Expected{Issuer: want.Issuer, Time: now()}
+	if want.Audience != "" {
+		exp.AnyAudience = jwt.Audience{want.Audience}
+	}
+	if std.Expiry == nil {
+		return nil, errors.New("jwks: token has no exp")
+	}
+	if err := std.ValidateWithLeeway(exp, want.Leeway); err != nil {
+		return nil, fmt.Errorf("jwks: claims: %w", err)
+	}
+	return all, nil
+}
