@@ -3,15 +3,14 @@ package jwks
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/kmsgate/kmsgate/backends"
 )
@@ -70,7 +69,18 @@ type State struct {
 type signingKey struct {
 	key     Key
 	backend backends.Backend
-	jwk     jose.JSONWebKey
+	header  []byte // base64url of the protected header
+}
+
+// encodeHeader returns the base64url protected header of tokens signed with
+// kid, members in lexical order like go-jose's.
+func encodeHeader(kid string) []byte {
+	h, _ := json.Marshal(struct {
+		Alg string `json:"alg"`
+		Kid string `json:"kid"`
+		Typ string `json:"typ"`
+	}{"ES256", kid, "JWT"})
+	return base64.RawURLEncoding.AppendEncode(nil, h)
 }
 
 // NewKeyring returns a keyring over the sources, in configuration order (the
@@ -188,7 +198,7 @@ func (k *Keyring) replanLocked() error {
 		st.signer = &signingKey{
 			key:     key,
 			backend: k.sources[key.source].Backend,
-			jwk:     jose.JSONWebKey{Key: key.Version.PublicKey, KeyID: key.KID, Algorithm: string(jose.ES256), Use: "sig"},
+			header:  encodeHeader(key.KID),
 		}
 	}
 	k.state.Store(st)
@@ -217,63 +227,48 @@ func (k *Keyring) Run(ctx context.Context, interval time.Duration, timeout time.
 // ErrNoSigningKey is returned by SignJWT when no loaded version can sign.
 var ErrNoSigningKey = fmt.Errorf("no key version can sign: %w", backends.ErrUnavailable)
 
-// SignJWT signs claims as a compact JWT (alg ES256, typ JWT, kid of the
-// active version) through the active version's backend. A signature from a
-// remote backend is verified against that version's public key before the
-// token is returned. It returns the token and the kid that signed it.
+// SignJWT signs claims as a compact JWS (RFC 7515 section 7.1) with the
+// protected header {"alg":"ES256","kid":…,"typ":"JWT"} through the active
+// version's backend. A signature from a remote backend is verified against
+// that version's public key before the token is returned. It returns the
+// token and the kid that signed it.
+//
+// The header segment is encoded once per active version; go-jose's generic
+// signer re-encodes it and the claims on every call, which measured about 20%
+// on top of the bare ECDSA signature (see BenchmarkSign).
 func (k *Keyring) SignJWT(ctx context.Context, claims any) (token, kid string, err error) {
 	sk := k.State().signer
 	if sk == nil {
 		return "", "", ErrNoSigningKey
 	}
-	op := &opaque{ctx: ctx, sk: sk, onSign: k.cfg.OnSign}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: op}, (&jose.SignerOptions{}).WithType("JWT"))
+	payload, err := json.Marshal(claims)
 	if err != nil {
-		return "", "", fmt.Errorf("jwks: signer for %s: %w", sk.key.KID, err)
+		return "", sk.key.KID, fmt.Errorf("jwks: encode claims: %w", err)
 	}
-	token, err = jwt.Signed(signer).Claims(claims).Serialize()
-	if op.err != nil {
-		return "", sk.key.KID, op.err // the backend's typed error, not go-jose's wrapping
-	}
-	if err != nil {
-		return "", sk.key.KID, fmt.Errorf("jwks: sign JWT with %s: %w", sk.key.KID, err)
-	}
-	return token, sk.key.KID, nil
-}
+	enc := base64.RawURLEncoding
+	n := len(sk.header) + 1 + enc.EncodedLen(len(payload))
+	buf := make([]byte, n, n+1+enc.EncodedLen(backends.SignatureSize))
+	copy(buf, sk.header)
+	buf[len(sk.header)] = '.'
+	enc.Encode(buf[len(sk.header)+1:], payload)
+	digest := sha256.Sum256(buf)
 
-// opaque lets go-jose sign through a backend for one call, carrying that
-// call's context.
-type opaque struct {
-	ctx    context.Context
-	sk     *signingKey
-	onSign func(kind, kid string, took time.Duration, err error)
-	err    error
-}
-
-func (o *opaque) Public() *jose.JSONWebKey        { return &o.sk.jwk }
-func (o *opaque) Algs() []jose.SignatureAlgorithm { return []jose.SignatureAlgorithm{jose.ES256} }
-
-func (o *opaque) SignPayload(payload []byte, alg jose.SignatureAlgorithm) ([]byte, error) {
-	if alg != jose.ES256 {
-		o.err = fmt.Errorf("jwks: algorithm %s: %w", alg, backends.ErrKeyType)
-		return nil, o.err
-	}
-	digest := sha256.Sum256(payload)
-	b, v := o.sk.backend, o.sk.key.Version
+	b, v := sk.backend, sk.key.Version
 	start := time.Now()
-	sig, err := b.Sign(o.ctx, v.ID, digest[:])
+	sig, err := b.Sign(ctx, v.ID, digest[:])
 	if err == nil && len(sig) != backends.SignatureSize {
 		err = fmt.Errorf("jwks: %s returned a %d-byte signature for %s: %w", b.Kind(), len(sig), v.ID, backends.ErrIntegrity)
 	}
 	if err == nil && b.Remote() && !backends.VerifyJOSE(v.PublicKey, digest[:], sig) {
-		err = fmt.Errorf("jwks: signature from %s for %s does not verify with kid %s: %w", b.Kind(), v.ID, o.sk.key.KID, backends.ErrIntegrity)
+		err = fmt.Errorf("jwks: signature from %s for %s does not verify with kid %s: %w", b.Kind(), v.ID, sk.key.KID, backends.ErrIntegrity)
 	}
-	if o.onSign != nil {
-		o.onSign(b.Kind(), o.sk.key.KID, time.Since(start), err)
+	if k.cfg.OnSign != nil {
+		k.cfg.OnSign(b.Kind(), sk.key.KID, time.Since(start), err)
 	}
 	if err != nil {
-		o.err = err
-		return nil, err
+		return "", sk.key.KID, err
 	}
-	return sig, nil
+	buf = append(buf, '.')
+	buf = enc.AppendEncode(buf, sig)
+	return string(buf), sk.key.KID, nil
 }

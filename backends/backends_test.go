@@ -1,0 +1,108 @@
+package backends
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/big"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/cryptobyte"
+	"golang.org/x/crypto/cryptobyte/asn1"
+)
+
+// encodeDER is the reference encoder the fuzz test compares against.
+func encodeDER(r, s *big.Int) ([]byte, error) {
+	var b cryptobyte.Builder
+	b.AddASN1(asn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1BigInt(r)
+		b.AddASN1BigInt(s)
+	})
+	return b.Bytes()
+}
+
+func TestOpenUnknownScheme(t *testing.T) {
+	Register("testscheme", func(context.Context, *url.URL, Options) (Backend, error) { return nil, errors.New("opened") })
+	_, err := Open(context.Background(), "nosuch://x", Options{})
+	if !errors.Is(err, ErrInvalidURI) || !strings.Contains(err.Error(), `unknown scheme "nosuch"`) || !strings.Contains(err.Error(), "testscheme") {
+		t.Fatalf("unknown scheme: %v", err)
+	}
+	if _, err := Open(context.Background(), "no-scheme-at-all", Options{}); !errors.Is(err, ErrInvalidURI) {
+		t.Fatalf("no scheme: %v", err)
+	}
+	if _, err := Open(context.Background(), "testscheme://x", Options{}); err == nil || err.Error() != "opened" {
+		t.Fatalf("registered opener not called: %v", err)
+	}
+}
+
+func TestRedact(t *testing.T) {
+	got := Redact("hashivault://u:p@key?mount=transit&token=s3cret")
+	if strings.Contains(got, "s3cret") || strings.Contains(got, "u:p") || !strings.Contains(got, "mount=transit") {
+		t.Fatalf("Redact = %s", got)
+	}
+}
+
+func TestKind(t *testing.T) {
+	for err, want := range map[error]string{
+		nil: "",
+		fmt.Errorf("x: %w: %w", ErrThrottled, errors.New("429")): "throttled",
+		fmt.Errorf("x: %w", ErrIntegrity):                        "integrity",
+		errors.New("other"):                                      "unknown",
+		Deadline(context.DeadlineExceeded):                       "unavailable",
+	} {
+		if got := Kind(err); got != want {
+			t.Errorf("Kind(%v) = %q, want %q", err, got, want)
+		}
+	}
+}
+
+func TestRetry(t *testing.T) {
+	retryable := func(err error) bool { return errors.Is(err, ErrUnavailable) }
+	calls := 0
+	err := Retry{Attempts: 3, Base: time.Millisecond}.Do(context.Background(), retryable, func(context.Context) error {
+		calls++
+		return ErrUnavailable
+	})
+	if calls != 3 || !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("calls %d err %v", calls, err)
+	}
+	calls = 0
+	err = Retry{Attempts: 5, Base: time.Millisecond}.Do(context.Background(), retryable, func(context.Context) error {
+		calls++
+		return ErrPermission
+	})
+	if calls != 1 || !errors.Is(err, ErrPermission) {
+		t.Fatalf("non-retryable: calls %d err %v", calls, err)
+	}
+	// A backoff that would pass the deadline is not slept.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	calls = 0
+	_ = Retry{Attempts: 10, Base: time.Second, Max: time.Second}.Do(ctx, retryable, func(context.Context) error {
+		calls++
+		return ErrUnavailable
+	})
+	if took := time.Since(start); took > 500*time.Millisecond {
+		t.Fatalf("retry slept past the deadline: %s, %d calls", took, calls)
+	}
+}
+
+func TestLimiter(t *testing.T) {
+	l := NewLimiter(1)
+	ctx := context.Background()
+	if err := l.Wait(ctx, "test"); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+	defer cancel()
+	if err := l.Wait(short, "test"); !errors.Is(err, ErrThrottled) {
+		t.Fatalf("second call within a second at 1 qps: %v", err)
+	}
+	if err := NewLimiter(0).Wait(ctx, "test"); err != nil {
+		t.Fatal(err)
+	}
+}

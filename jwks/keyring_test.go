@@ -1,0 +1,282 @@
+package jwks_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/kmsgate/kmsgate/backends"
+	"github.com/kmsgate/kmsgate/backends/backendtest"
+	"github.com/kmsgate/kmsgate/backends/pem"
+	"github.com/kmsgate/kmsgate/jwks"
+)
+
+// fakeRemote is a ByCreation backend over in-memory keys that can be made to
+// fail, to return a signature from the wrong key, and counts its calls.
+type fakeRemote struct {
+	mu       sync.Mutex
+	versions []backends.Version
+	keys     map[string]*ecdsa.PrivateKey
+	fail     error
+	wrongKey bool
+	lists    atomic.Int32
+	signs    atomic.Int32
+}
+
+func (f *fakeRemote) Kind() string                { return "fake" }
+func (f *fakeRemote) Ordering() backends.Ordering { return backends.ByCreation }
+func (f *fakeRemote) Remote() bool                { return true }
+func (f *fakeRemote) Close() error                { return nil }
+
+func (f *fakeRemote) add(t *testing.T, id string, created time.Time) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.keys == nil {
+		f.keys = map[string]*ecdsa.PrivateKey{}
+	}
+	f.keys[id] = k
+	f.versions = append(f.versions, backends.Version{ID: id, PublicKey: &k.PublicKey, Created: created, State: backends.StateEnabled})
+}
+
+func (f *fakeRemote) Versions(context.Context) ([]backends.Version, error) {
+	f.lists.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		return nil, f.fail
+	}
+	return append([]backends.Version(nil), f.versions...), nil
+}
+
+func (f *fakeRemote) Sign(_ context.Context, id string, digest []byte) ([]byte, error) {
+	f.signs.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		return nil, f.fail
+	}
+	k := f.keys[id]
+	if f.wrongKey {
+		for other, ok := range f.keys {
+			if other != id {
+				k = ok
+				break
+			}
+		}
+	}
+	r, s, err := ecdsa.Sign(rand.Reader, k, digest)
+	if err != nil {
+		return nil, err
+	}
+	sig := make([]byte, 64)
+	r.FillBytes(sig[:32])
+	s.FillBytes(sig[32:])
+	return sig, nil
+}
+
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+func header(t *testing.T, token string) jose.Header {
+	t.Helper()
+	tok, err := jwt.ParseSigned(token, []jose.SignatureAlgorithm{jose.ES256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok.Headers[0]
+}
+
+func TestSignJWTVerifiesIndependently(t *testing.T) {
+	k1, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	k2, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	b, err := pem.New("mem", k1, k2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := jwks.NewKeyring([]jwks.Source{{URI: "mem://", Backend: b}}, jwks.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, _, err := kr.SignJWT(ctx, map[string]any{}); !errors.Is(err, backends.ErrUnavailable) {
+		t.Fatalf("sign before the first refresh: %v", err)
+	}
+	if err := kr.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	claims, err := jwks.NewClaims("https://issuer.example", time.Now(), time.Minute, map[string]any{"sub": "alice", "aud": "app", "groups": []string{"a", "b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, kid, err := kr.SignJWT(ctx, claims)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantKID, _ := jwks.KID(&k1.PublicKey, jwks.KIDThumbprint)
+	if kid != wantKID {
+		t.Fatalf("signed with %s, want the first PEM key %s", kid, wantKID)
+	}
+	h := header(t, tok)
+	if h.Algorithm != "ES256" || h.KeyID != kid || h.ExtraHeaders["typ"] != "JWT" {
+		t.Fatalf("header %+v", h)
+	}
+	// lestrrat-go/jwx against the served document.
+	got := backendtest.VerifyIndependently(t, tok, kr.State().Document.JSON)
+	if got["sub"] != "alice" || got["iss"] != "https://issuer.example" || got["jti"] == "" {
+		t.Fatalf("claims %v", got)
+	}
+	// go-jose with the public key alone.
+	parsed, _ := jwt.ParseSigned(tok, []jose.SignatureAlgorithm{jose.ES256})
+	var std jwt.Claims
+	if err := parsed.Claims(&k1.PublicKey, &std); err != nil || std.Subject != "alice" {
+		t.Fatalf("go-jose: %v %+v", err, std)
+	}
+	// And kmsgate's own verifier.
+	set, err := jwks.ParseSet(kr.State().Document.JSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := jwks.VerifyWithSet(tok, set, jwks.Expect{Issuer: "https://issuer.example", Audience: "app"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := jwks.VerifyWithSet(tok, set, jwks.Expect{Audience: "other"}); err == nil {
+		t.Fatal("wrong audience accepted")
+	}
+	tampered := tok[:len(tok)-4] + "AAAA"
+	if _, err := jwks.VerifyWithSet(tampered, set, jwks.Expect{}); err == nil {
+		t.Fatal("tampered signature accepted")
+	}
+}
+
+func TestNewClaimsRefusesReserved(t *testing.T) {
+	for _, r := range jwks.Reserved {
+		if _, err := jwks.NewClaims("i", time.Now(), time.Minute, map[string]any{r: 1}); err == nil || !strings.Contains(err.Error(), r) {
+			t.Errorf("%s: %v", r, err)
+		}
+	}
+	if _, err := jwks.NewClaims("i", time.Now(), 0, nil); err == nil {
+		t.Error("zero ttl accepted")
+	}
+}
+
+func TestRemoteSignatureIsVerified(t *testing.T) {
+	f := &fakeRemote{}
+	f.add(t, "v1", time.Now().Add(-time.Hour))
+	f.add(t, "v2", time.Now().Add(-30*time.Minute))
+	kr, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{})
+	ctx := context.Background()
+	if err := kr.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := kr.SignJWT(ctx, map[string]any{"sub": "x"}); err != nil {
+		t.Fatal(err)
+	}
+	f.wrongKey = true
+	var signErrs atomic.Int32
+	kr2, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{OnSign: func(_, _ string, _ time.Duration, err error) {
+		if err != nil {
+			signErrs.Add(1)
+		}
+	}})
+	_ = kr2.Refresh(ctx)
+	if _, _, err := kr2.SignJWT(ctx, map[string]any{"sub": "x"}); !errors.Is(err, backends.ErrIntegrity) {
+		t.Fatalf("signature by the wrong key: %v", err)
+	}
+	if signErrs.Load() != 1 {
+		t.Fatalf("OnSign saw %d errors", signErrs.Load())
+	}
+}
+
+func TestRotationAndLastGoodSet(t *testing.T) {
+	c := &clock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	f := &fakeRemote{}
+	f.add(t, "v1", c.Now().Add(-24*time.Hour))
+	kr, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{Prepublish: 2 * time.Hour, Clock: c.Now})
+	ctx := context.Background()
+	if kr.State().Ready {
+		t.Fatal("ready before the first refresh")
+	}
+	if err := kr.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, kid1, _ := kr.SignJWT(ctx, map[string]any{})
+
+	// A new version appears: published at once, pending for 2h.
+	f.add(t, "v2", c.Now())
+	if err := kr.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := kr.State()
+	if len(st.Plan.Keys) != 2 {
+		t.Fatalf("%d keys published", len(st.Plan.Keys))
+	}
+	if _, kid, _ := kr.SignJWT(ctx, map[string]any{}); kid != kid1 {
+		t.Fatal("pending version signed")
+	}
+	etag := st.Document.ETag
+
+	// The backend goes down: the last good set keeps being served.
+	f.mu.Lock()
+	f.fail = errors.New("connection refused")
+	f.mu.Unlock()
+	if err := kr.Refresh(ctx); err == nil {
+		t.Fatal("failed refresh returned no error")
+	}
+	if kr.State().Document.ETag != etag || !kr.State().Ready {
+		t.Fatal("a failed refresh changed the served set")
+	}
+
+	// Past the window the new version signs without any refresh: the
+	// choice depends on the clock alone.
+	lists := f.lists.Load()
+	c.Add(2*time.Hour + time.Second)
+	f.mu.Lock()
+	f.fail = nil
+	f.mu.Unlock()
+	_, kid2, err := kr.SignJWT(ctx, map[string]any{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kid2 == kid1 {
+		t.Fatal("the new version did not become active after prepublish")
+	}
+	if f.lists.Load() != lists {
+		t.Fatal("signing listed versions")
+	}
+	if kr.State().Document.ETag != etag {
+		t.Fatal("activation changed the published document")
+	}
+}
+
+func TestNewKeyringRefuses(t *testing.T) {
+	if _, err := jwks.NewKeyring(nil, jwks.Config{}); err == nil {
+		t.Fatal("no sources accepted")
+	}
+	f := &fakeRemote{}
+	if _, err := jwks.NewKeyring([]jwks.Source{{URI: "x", Backend: f}}, jwks.Config{KIDFormat: "md5"}); err == nil {
+		t.Fatal("bad kid format accepted")
+	}
+}
