@@ -205,22 +205,28 @@ func (k *Keyring) replanLocked() error {
 	return nil
 }
 
-// Run refreshes every interval until ctx ends. Failures are logged by
-// Refresh's caller contract: the last good set keeps being served.
-func (k *Keyring) Run(ctx context.Context, interval time.Duration, timeout time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
+// Run refreshes every interval until ctx ends, each refresh bounded by
+// timeout. Until every URI has loaded it retries every two seconds (or every
+// interval, if shorter), so the gateway becomes ready soon after a backend
+// comes back. Failures are logged; the last good set keeps being served.
+func (k *Keyring) Run(ctx context.Context, interval, timeout time.Duration) {
 	for {
+		wait := interval
+		if !k.state.Load().Ready {
+			wait = min(interval, 2*time.Second)
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return
 		case <-t.C:
-			rctx, cancel := context.WithTimeout(ctx, timeout)
-			if err := k.Refresh(rctx); err != nil {
-				k.cfg.Logger.Warn("key refresh", "err", err.Error())
-			}
-			cancel()
 		}
+		rctx, cancel := context.WithTimeout(ctx, timeout)
+		if err := k.Refresh(rctx); err != nil {
+			k.cfg.Logger.Warn("key refresh failed", "err", err.Error())
+		}
+		cancel()
 	}
 }
 

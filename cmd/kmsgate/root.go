@@ -90,9 +90,10 @@ func (k *keyFlags) register(cmd *cobra.Command) {
 	f.DurationVar(&k.requestTimeout, "request-timeout", 5*time.Second, "deadline of one request, backend calls included")
 }
 
-// open opens every key URI and loads their versions once.
-func (k *keyFlags) open(ctx context.Context, cfg jwks.Config) (*jwks.Keyring, func(), error) {
-	if len(k.keys) == 0 {
+// open opens every key URI (after pre, a source opened by the caller, if
+// not nil) and builds the keyring.
+func (k *keyFlags) open(ctx context.Context, cfg jwks.Config, pre *jwks.Source) (*jwks.Keyring, func(), error) {
+	if len(k.keys) == 0 && pre == nil {
 		return nil, nil, usagef("no --key given (or KMSGATE_KEY, or key: in the config file)")
 	}
 	if k.prepublish < 0 {
@@ -103,7 +104,10 @@ func (k *keyFlags) open(ctx context.Context, cfg jwks.Config) (*jwks.Keyring, fu
 		return nil, nil, usageError{err}
 	}
 	cfg.KIDFormat, cfg.Prepublish = f, k.prepublish
-	sources := make([]jwks.Source, 0, len(k.keys))
+	sources := make([]jwks.Source, 0, len(k.keys)+1)
+	if pre != nil {
+		sources = append(sources, *pre)
+	}
 	closeAll := func() {
 		for _, s := range sources {
 			_ = s.Backend.Close()
@@ -130,7 +134,7 @@ func (k *keyFlags) open(ctx context.Context, cfg jwks.Config) (*jwks.Keyring, fu
 
 // load opens the keys and refreshes them once, failing on any error.
 func (k *keyFlags) load(ctx context.Context) (*jwks.Keyring, func(), error) {
-	kr, closeAll, err := k.open(ctx, jwks.Config{})
+	kr, closeAll, err := k.open(ctx, jwks.Config{}, nil)
 	if err != nil {
 		return nil, nil, err
 	}

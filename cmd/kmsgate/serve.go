@@ -1,7 +1,237 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
+
+	"github.com/kmsgate/kmsgate/backends"
+	"github.com/kmsgate/kmsgate/backends/pem"
+	"github.com/kmsgate/kmsgate/gateway"
+	"github.com/kmsgate/kmsgate/jwks"
+)
+
+// serveFlags are the flags of `kmsgate serve`.
+type serveFlags struct {
+	keyFlags
+	listen      string
+	issuer      string
+	jwksPaths   []string
+	jwksMaxAge  time.Duration
+	refresh     time.Duration
+	tlsCert     string
+	tlsKey      string
+	tlsClientCA string
+	maxBody     int64
+	grace       time.Duration
+	dev         bool
+	devSource   *jwks.Source // the --dev in-memory key
+}
 
 func newServeCmd() *cobra.Command {
-	return &cobra.Command{Use: "serve", Short: "Run the gateway", Args: exactArgs(0), RunE: func(*cobra.Command, []string) error { return usagef("serve: not built yet") }}
+	var sf serveFlags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the gateway: JWKS, discovery, sign API, health and metrics",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return serve(cmd, &sf)
+		},
+	}
+	sf.register(cmd)
+	f := cmd.Flags()
+	f.StringVar(&sf.listen, "listen", ":8080", "address to listen on (--dev: 127.0.0.1:8080)")
+	f.StringVar(&sf.issuer, "issuer", "", "iss of every token and base URL of the jwks_uri, e.g. https://kmsgate.example.com (required)")
+	f.StringSliceVar(&sf.jwksPaths, "jwks-path", nil, "extra paths serving the key set, e.g. /.well-known/pomerium/jwks.json")
+	f.DurationVar(&sf.jwksMaxAge, "jwks-max-age", 300*time.Second, "Cache-Control max-age of the key set (capped at half of --prepublish)")
+	f.DurationVar(&sf.refresh, "refresh", time.Minute, "how often the key versions are refreshed from the backends")
+	f.StringVar(&sf.tlsCert, "tls-cert", "", "TLS certificate file (PEM); serves HTTPS with --tls-key")
+	f.StringVar(&sf.tlsKey, "tls-key", "", "TLS private key file (PEM)")
+	f.StringVar(&sf.tlsClientCA, "tls-client-ca", "", "CA bundle for client certificates (mTLS clients of the sign API)")
+	f.Int64Var(&sf.maxBody, "max-body", 64<<10, "largest sign request body in bytes")
+	f.DurationVar(&sf.grace, "shutdown-grace", 30*time.Second, "how long in-flight requests may finish after SIGTERM")
+	f.BoolVar(&sf.dev, "dev", false, "development mode: an in-memory key and a printed client token; never for production")
+	return cmd
+}
+
+// configSectionsFile is the structured part of the config file.
+type configSectionsFile struct {
+	Clients []gateway.Client `yaml:"clients"`
+	Rest    map[string]any   `yaml:",inline"`
+}
+
+func serve(cmd *cobra.Command, sf *serveFlags) error {
+	ctx := cmd.Context()
+	log := slog.Default()
+	var sections configSectionsFile
+	if cfg := configFrom(cmd); cfg != nil {
+		dec := yaml.NewDecoder(bytes.NewReader(cfg.raw))
+		dec.KnownFields(true)
+		if err := dec.Decode(&sections); err != nil && !errors.Is(err, io.EOF) {
+			return usagef("config: %v", err)
+		}
+	}
+	if sf.refresh <= 0 {
+		return usagef("--refresh %s must be positive", sf.refresh)
+	}
+	var devToken string
+	if sf.dev {
+		if !cmd.Flags().Changed("listen") {
+			sf.listen = "127.0.0.1:8080"
+		}
+		if sf.issuer == "" {
+			sf.issuer = "http://" + sf.listen
+		}
+		var err error
+		if devToken, err = setupDev(sf, &sections); err != nil {
+			return err
+		}
+	}
+	if sf.issuer == "" {
+		return usagef("--issuer is required (the iss of every token, e.g. https://kmsgate.example.com)")
+	}
+	tlsCfg, err := loadTLS(sf.tlsCert, sf.tlsKey, sf.tlsClientCA)
+	if err != nil {
+		return err
+	}
+
+	metrics := gateway.NewMetrics()
+	kr, closeAll, err := sf.open(ctx, jwks.Config{Logger: log, OnSign: metrics.OnSign, OnRefresh: metrics.OnRefresh}, sf.devSource)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	srv, err := gateway.New(gateway.Config{
+		Issuer: sf.issuer, JWKSPaths: sf.jwksPaths, MaxAge: sf.jwksMaxAge, Prepublish: sf.prepublish,
+		RequestTimeout: sf.requestTimeout, MaxBody: sf.maxBody, Clients: sections.Clients, Logger: log,
+	}, kr, metrics)
+	if err != nil {
+		return usageError{err}
+	}
+
+	refreshTimeout := max(sf.requestTimeout, 10*time.Second)
+	rctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+	err = kr.Refresh(rctx)
+	cancel()
+	if err != nil {
+		// A key of the wrong type, or a URI that names nothing, will not
+		// fix itself: refuse to start. Anything else (a backend that is
+		// down) is retried in the background while /readyz says 503.
+		if errors.Is(err, backends.ErrKeyType) || errors.Is(err, backends.ErrInvalidURI) || errors.Is(err, backends.ErrNotFound) {
+			return err
+		}
+		log.Warn("keys not loaded yet; retrying in the background", "err", err.Error())
+	}
+
+	ln, err := net.Listen("tcp", sf.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	scheme := "http"
+	if tlsCfg != nil {
+		scheme = "https"
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "issuer", sf.issuer, "keys", len(kr.Sources()))
+	if sf.dev {
+		printDevHelp(cmd.OutOrStdout(), scheme+"://"+ln.Addr().String(), devToken)
+	}
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go kr.Run(runCtx, sf.refresh, refreshTimeout)
+	return srv.Serve(ctx, ln, tlsCfg, sf.grace)
+}
+
+// setupDev adds an in-memory key when no --key is given and a development
+// client with a fresh random token, which it returns.
+func setupDev(sf *serveFlags, sections *configSectionsFile) (string, error) {
+	if len(sf.keys) == 0 {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return "", err
+		}
+		b, err := pem.New("dev", k)
+		if err != nil {
+			return "", err
+		}
+		sf.devSource = &jwks.Source{URI: "dev://in-memory", Backend: b}
+	}
+	var raw [24]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", err
+	}
+	tok := "dev-" + base64.RawURLEncoding.EncodeToString(raw[:])
+	sum := sha256.Sum256([]byte(tok))
+	sections.Clients = append(sections.Clients, gateway.Client{
+		Name: "dev", TokenSHA256: hex.EncodeToString(sum[:]),
+		Audiences: []string{"*"}, Subjects: []string{"*"}, MaxTTL: time.Hour, Claims: []string{"*"},
+	})
+	return tok, nil
+}
+
+func printDevHelp(w io.Writer, base, token string) {
+	fmt.Fprintf(w, `
+kmsgate is running in development mode: an in-memory key that is gone when it stops.
+Never use --dev in production.
+
+  JWKS:            %[1]s/.well-known/jwks.json
+  discovery:       %[1]s/.well-known/openid-configuration
+  dev client token: %[2]s
+
+Try:
+  curl -s %[1]s/.well-known/jwks.json
+  curl -s -X POST %[1]s/v1/sign -H 'Authorization: Bearer %[2]s' \
+       -d '{"claims":{"sub":"alice","aud":"demo"},"ttl":"5m"}'
+  kmsgate verify --jwks %[1]s/.well-known/jwks.json TOKEN
+
+`, base, token)
+}
+
+// loadTLS builds the server's TLS configuration, or nil without --tls-cert.
+// With a client CA, client certificates are verified when presented, so
+// bearer-token clients keep working beside mTLS clients.
+func loadTLS(certFile, keyFile, clientCA string) (*tls.Config, error) {
+	if certFile == "" && keyFile == "" {
+		if clientCA != "" {
+			return nil, usagef("--tls-client-ca needs --tls-cert and --tls-key")
+		}
+		return nil, nil
+	}
+	if certFile == "" || keyFile == "" {
+		return nil, usagef("--tls-cert and --tls-key go together")
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("TLS certificate %s: %w", certFile, err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
+	if clientCA != "" {
+		pemData, err := os.ReadFile(clientCA)
+		if err != nil {
+			return nil, fmt.Errorf("client CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pemData) {
+			return nil, fmt.Errorf("client CA %s: no PEM certificate in it", clientCA)
+		}
+		cfg.ClientCAs, cfg.ClientAuth = pool, tls.VerifyClientCertIfGiven
+	}
+	return cfg, nil
 }

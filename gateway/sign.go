@@ -1,0 +1,170 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/kmsgate/kmsgate/jwks"
+)
+
+// signRequest is the body of POST /v1/sign.
+type signRequest struct {
+	// Claims are the token's claims; sub and aud are required.
+	Claims map[string]any `json:"claims"`
+	// TTL is the lifetime, a Go duration ("5m") or seconds; default 5m,
+	// capped by the client's max_ttl.
+	TTL json.RawMessage `json:"ttl"`
+}
+
+// signResponse is the answer of POST /v1/sign.
+type signResponse struct {
+	Token     string `json:"token"`
+	KID       string `json:"kid"`
+	ExpiresAt string `json:"expires_at"`
+}
+
+// defaultTTL is the lifetime of a signed token when the request names none.
+const defaultTTL = 5 * time.Minute
+
+func (s *Server) handleSign(c echo.Context) error {
+	r := c.Request()
+	c.Response().Header().Set("Cache-Control", "no-store")
+	client := s.clients.authenticate(r)
+	if client == nil {
+		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="kmsgate"`)
+		return fail(c, http.StatusUnauthorized, "unauthenticated", "a valid bearer token or client certificate is required")
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), r.Body, s.cfg.MaxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return fail(c, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("request body is larger than %d bytes", s.cfg.MaxBody))
+		}
+		return fail(c, http.StatusBadRequest, "malformed", "could not read the request body")
+	}
+	var req signRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	dec.UseNumber()
+	if err := dec.Decode(&req); err != nil {
+		return fail(c, http.StatusBadRequest, "malformed", "body must be a JSON object {\"claims\": {...}, \"ttl\": \"5m\"}: "+err.Error())
+	}
+	if dec.More() {
+		return fail(c, http.StatusBadRequest, "malformed", "body has data after the JSON object")
+	}
+	ttl, err := parseTTL(req.TTL)
+	if err != nil {
+		return fail(c, http.StatusBadRequest, "malformed", err.Error())
+	}
+	if ttl > client.MaxTTL {
+		return fail(c, http.StatusForbidden, "ttl_not_allowed", fmt.Sprintf("ttl %s is longer than this client's max_ttl %s", ttl, client.MaxTTL))
+	}
+	for _, name := range jwks.Reserved {
+		if _, ok := req.Claims[name]; ok {
+			return fail(c, http.StatusBadRequest, "reserved_claim", fmt.Sprintf("claim %q is set by the gateway and may not be given", name))
+		}
+	}
+	if status, code, msg := checkPolicy(client, req.Claims); status != 0 {
+		return fail(c, status, code, msg)
+	}
+	now := time.Now()
+	claims, err := jwks.NewClaims(s.cfg.Issuer, now, ttl, req.Claims)
+	if err != nil {
+		return fail(c, http.StatusBadRequest, "malformed", err.Error())
+	}
+	tok, kid, err := s.keys.SignJWT(r.Context(), claims)
+	if err != nil {
+		s.log.Warn("sign failed", "client", client.Name, "kid", kid, "err", err.Error())
+		return backendFailure(c, err)
+	}
+	s.log.Debug("signed", "client", client.Name, "kid", kid, "sub", claims["sub"])
+	return c.JSON(http.StatusOK, signResponse{Token: tok, KID: kid, ExpiresAt: now.Add(ttl).UTC().Format(time.RFC3339)})
+}
+
+// checkPolicy applies the client's policy to the requested claims and
+// returns a non-zero status when it refuses them.
+func checkPolicy(c *Client, claims map[string]any) (int, string, string) {
+	sub, ok := claims["sub"].(string)
+	if !ok || sub == "" {
+		return http.StatusBadRequest, "malformed", "claims.sub must be a non-empty string"
+	}
+	if !c.allowSubject(sub) {
+		return http.StatusForbidden, "subject_not_allowed", fmt.Sprintf("subject %q is not allowed for this client", sub)
+	}
+	var auds []string
+	switch a := claims["aud"].(type) {
+	case string:
+		auds = []string{a}
+	case []any:
+		for _, v := range a {
+			s, ok := v.(string)
+			if !ok {
+				return http.StatusBadRequest, "malformed", "claims.aud must be a string or a list of strings"
+			}
+			auds = append(auds, s)
+		}
+	default:
+		return http.StatusBadRequest, "malformed", "claims.aud must be a string or a list of strings"
+	}
+	if len(auds) == 0 || slices.Contains(auds, "") {
+		return http.StatusBadRequest, "malformed", "claims.aud must name at least one audience"
+	}
+	for _, a := range auds {
+		if !c.allowAudience(a) {
+			return http.StatusForbidden, "audience_not_allowed", fmt.Sprintf("audience %q is not allowed for this client", a)
+		}
+	}
+	names := make([]string, 0, len(claims))
+	for name := range claims {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if name != "sub" && name != "aud" && !c.allowClaim(name) {
+			return http.StatusForbidden, "claim_not_allowed", fmt.Sprintf("claim %q is not allowed for this client", name)
+		}
+	}
+	return 0, "", ""
+}
+
+// parseTTL reads the ttl member: absent means the default; a string is a Go
+// duration, a number is seconds.
+func parseTTL(raw json.RawMessage) (time.Duration, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return defaultTTL, nil
+	}
+	var d time.Duration
+	var s string
+	var n json.Number
+	switch {
+	case json.Unmarshal(raw, &s) == nil:
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return 0, fmt.Errorf("ttl %q is not a duration such as \"5m\"", s)
+		}
+		d = v
+	case json.Unmarshal(raw, &n) == nil:
+		secs, err := n.Int64()
+		if err != nil {
+			return 0, fmt.Errorf("ttl %s is not a whole number of seconds", n)
+		}
+		if secs > int64(1<<62/time.Second) {
+			return 0, fmt.Errorf("ttl %s is too large", n)
+		}
+		d = time.Duration(secs) * time.Second
+	default:
+		return 0, fmt.Errorf("ttl must be a duration string or a number of seconds")
+	}
+	if d <= 0 {
+		return 0, fmt.Errorf("ttl %s is not positive", d)
+	}
+	return d, nil
+}
