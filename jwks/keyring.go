@@ -261,7 +261,12 @@ func (k *Keyring) SignJWT(ctx context.Context, claims any) (token, kid string, e
 
 	b, v := sk.backend, sk.key.Version
 	start := time.Now()
-	sig, err := b.Sign(ctx, v.ID, digest[:])
+	var sig []byte
+	if b.Remote() {
+		sig, err = signWithin(ctx, b, v.ID, digest[:])
+	} else {
+		sig, err = b.Sign(ctx, v.ID, digest[:])
+	}
 	if err == nil && len(sig) != backends.SignatureSize {
 		err = fmt.Errorf("jwks: %s returned a %d-byte signature for %s: %w", b.Kind(), len(sig), v.ID, backends.ErrIntegrity)
 	}
@@ -277,4 +282,25 @@ func (k *Keyring) SignJWT(ctx context.Context, claims any) (token, kid string, e
 	buf = append(buf, '.')
 	buf = enc.AppendEncode(buf, sig)
 	return string(buf), sk.key.KID, nil
+}
+
+// signWithin calls a remote backend's Sign but returns when ctx ends even if
+// the backend does not, so that no request outlives its deadline because of
+// a client library that ignores its context.
+func signWithin(ctx context.Context, b backends.Backend, id string, digest []byte) ([]byte, error) {
+	type result struct {
+		sig []byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sig, err := b.Sign(ctx, id, digest)
+		done <- result{sig, err}
+	}()
+	select {
+	case r := <-done:
+		return r.sig, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("jwks: sign with %s: %w", id, backends.Deadline(ctx.Err()))
+	}
 }

@@ -21,73 +21,6 @@ import (
 	"github.com/kmsgate/kmsgate/jwks"
 )
 
-// fakeRemote is a ByCreation backend over in-memory keys that can be made to
-// fail, to return a signature from the wrong key, and counts its calls.
-type fakeRemote struct {
-	mu       sync.Mutex
-	versions []backends.Version
-	keys     map[string]*ecdsa.PrivateKey
-	fail     error
-	wrongKey bool
-	lists    atomic.Int32
-	signs    atomic.Int32
-}
-
-func (f *fakeRemote) Kind() string                { return "fake" }
-func (f *fakeRemote) Ordering() backends.Ordering { return backends.ByCreation }
-func (f *fakeRemote) Remote() bool                { return true }
-func (f *fakeRemote) Close() error                { return nil }
-
-func (f *fakeRemote) add(t *testing.T, id string, created time.Time) {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.keys == nil {
-		f.keys = map[string]*ecdsa.PrivateKey{}
-	}
-	f.keys[id] = k
-	f.versions = append(f.versions, backends.Version{ID: id, PublicKey: &k.PublicKey, Created: created, State: backends.StateEnabled})
-}
-
-func (f *fakeRemote) Versions(context.Context) ([]backends.Version, error) {
-	f.lists.Add(1)
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.fail != nil {
-		return nil, f.fail
-	}
-	return append([]backends.Version(nil), f.versions...), nil
-}
-
-func (f *fakeRemote) Sign(_ context.Context, id string, digest []byte) ([]byte, error) {
-	f.signs.Add(1)
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.fail != nil {
-		return nil, f.fail
-	}
-	k := f.keys[id]
-	if f.wrongKey {
-		for other, ok := range f.keys {
-			if other != id {
-				k = ok
-				break
-			}
-		}
-	}
-	r, s, err := ecdsa.Sign(rand.Reader, k, digest)
-	if err != nil {
-		return nil, err
-	}
-	sig := make([]byte, 64)
-	r.FillBytes(sig[:32])
-	s.FillBytes(sig[32:])
-	return sig, nil
-}
-
 type clock struct {
 	mu  sync.Mutex
 	now time.Time
@@ -183,9 +116,9 @@ func TestNewClaimsRefusesReserved(t *testing.T) {
 }
 
 func TestRemoteSignatureIsVerified(t *testing.T) {
-	f := &fakeRemote{}
-	f.add(t, "v1", time.Now().Add(-time.Hour))
-	f.add(t, "v2", time.Now().Add(-30*time.Minute))
+	f := &backendtest.Fake{}
+	f.Add("v1", time.Now().Add(-time.Hour))
+	f.Add("v2", time.Now().Add(-30*time.Minute))
 	kr, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{})
 	ctx := context.Background()
 	if err := kr.Refresh(ctx); err != nil {
@@ -194,7 +127,7 @@ func TestRemoteSignatureIsVerified(t *testing.T) {
 	if _, _, err := kr.SignJWT(ctx, map[string]any{"sub": "x"}); err != nil {
 		t.Fatal(err)
 	}
-	f.wrongKey = true
+	f.SetWrongKey(true)
 	var signErrs atomic.Int32
 	kr2, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{OnSign: func(_, _ string, _ time.Duration, err error) {
 		if err != nil {
@@ -212,8 +145,8 @@ func TestRemoteSignatureIsVerified(t *testing.T) {
 
 func TestRotationAndLastGoodSet(t *testing.T) {
 	c := &clock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
-	f := &fakeRemote{}
-	f.add(t, "v1", c.Now().Add(-24*time.Hour))
+	f := &backendtest.Fake{}
+	f.Add("v1", c.Now().Add(-24*time.Hour))
 	kr, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{Prepublish: 2 * time.Hour, Clock: c.Now})
 	ctx := context.Background()
 	if kr.State().Ready {
@@ -225,7 +158,7 @@ func TestRotationAndLastGoodSet(t *testing.T) {
 	_, kid1, _ := kr.SignJWT(ctx, map[string]any{})
 
 	// A new version appears: published at once, pending for 2h.
-	f.add(t, "v2", c.Now())
+	f.Add("v2", c.Now())
 	if err := kr.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -239,9 +172,7 @@ func TestRotationAndLastGoodSet(t *testing.T) {
 	etag := st.Document.ETag
 
 	// The backend goes down: the last good set keeps being served.
-	f.mu.Lock()
-	f.fail = errors.New("connection refused")
-	f.mu.Unlock()
+	f.SetFail(errors.New("connection refused"))
 	if err := kr.Refresh(ctx); err == nil {
 		t.Fatal("failed refresh returned no error")
 	}
@@ -251,11 +182,9 @@ func TestRotationAndLastGoodSet(t *testing.T) {
 
 	// Past the window the new version signs without any refresh: the
 	// choice depends on the clock alone.
-	lists := f.lists.Load()
+	lists := f.Lists.Load()
 	c.Add(2*time.Hour + time.Second)
-	f.mu.Lock()
-	f.fail = nil
-	f.mu.Unlock()
+	f.SetFail(nil)
 	_, kid2, err := kr.SignJWT(ctx, map[string]any{})
 	if err != nil {
 		t.Fatal(err)
@@ -263,7 +192,7 @@ func TestRotationAndLastGoodSet(t *testing.T) {
 	if kid2 == kid1 {
 		t.Fatal("the new version did not become active after prepublish")
 	}
-	if f.lists.Load() != lists {
+	if f.Lists.Load() != lists {
 		t.Fatal("signing listed versions")
 	}
 	if kr.State().Document.ETag != etag {
@@ -275,8 +204,28 @@ func TestNewKeyringRefuses(t *testing.T) {
 	if _, err := jwks.NewKeyring(nil, jwks.Config{}); err == nil {
 		t.Fatal("no sources accepted")
 	}
-	f := &fakeRemote{}
+	f := &backendtest.Fake{}
 	if _, err := jwks.NewKeyring([]jwks.Source{{URI: "x", Backend: f}}, jwks.Config{KIDFormat: "md5"}); err == nil {
 		t.Fatal("bad kid format accepted")
+	}
+}
+
+func TestSignDeadlineWithHangingBackend(t *testing.T) {
+	f := &backendtest.Fake{}
+	f.Add("v1", time.Now().Add(-time.Hour))
+	kr, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{})
+	if err := kr.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.SetHang(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, _, err := kr.SignJWT(ctx, map[string]any{})
+	if !errors.Is(err, backends.ErrUnavailable) {
+		t.Fatalf("hanging backend: %v", err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("SignJWT returned after %s, past the 100ms deadline", took)
 	}
 }

@@ -1,0 +1,514 @@
+package gateway_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kmsgate/kmsgate/backends"
+	"github.com/kmsgate/kmsgate/backends/backendtest"
+	"github.com/kmsgate/kmsgate/gateway"
+	"github.com/kmsgate/kmsgate/jwks"
+)
+
+const (
+	issuer      = "https://kmsgate.test"
+	clientToken = "s3cret-client-token-value"
+)
+
+func tokenHash(tok string) string {
+	s := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(s[:])
+}
+
+// syncBuffer collects log output from concurrent handlers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+type env struct {
+	fake *backendtest.Fake
+	kr   *jwks.Keyring
+	srv  *gateway.Server
+	http *httptest.Server
+	logs *syncBuffer
+}
+
+func newEnv(t *testing.T, mutate func(*gateway.Config)) *env {
+	t.Helper()
+	f := &backendtest.Fake{}
+	f.Add("v1", time.Now().Add(-24*time.Hour))
+	m := gateway.NewMetrics()
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	kr, err := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{
+		Prepublish: 2 * time.Hour, Logger: log, OnSign: m.OnSign, OnRefresh: m.OnRefresh,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := gateway.Config{
+		Issuer: issuer, JWKSPaths: []string{"/.well-known/pomerium/jwks.json"}, MaxAge: 300 * time.Second,
+		Prepublish: 2 * time.Hour, RequestTimeout: 300 * time.Millisecond, MaxBody: 4096, Logger: log,
+		Clients: []gateway.Client{{
+			Name: "app", TokenSHA256: tokenHash(clientToken), Audiences: []string{"billing", "reports"},
+			Subjects: []string{"svc-*"}, MaxTTL: 15 * time.Minute, Claims: []string{"scope"},
+		}},
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	srv, err := gateway.New(cfg, kr, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	e := &env{fake: f, kr: kr, srv: srv, http: hs, logs: logs}
+	t.Cleanup(func() { e.checkLogs(t) })
+	return e
+}
+
+// checkLogs fails the test if a secret reached a log line.
+func (e *env) checkLogs(t *testing.T) {
+	logs := e.logs.String()
+	for _, secret := range []string{clientToken, "eyJ", "PRIVATE KEY"} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("log output contains %q:\n%s", secret, logs)
+		}
+	}
+}
+
+func (e *env) refresh(t *testing.T) {
+	t.Helper()
+	if err := e.kr.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *env) do(t *testing.T, method, path string, body string, hdr map[string]string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(method, e.http.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := e.http.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+func readBody(t *testing.T, r *http.Response) []byte {
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestJWKSEndpoint(t *testing.T) {
+	e := newEnv(t, nil)
+	// Before the keys load: 503, never an empty set that would be cached.
+	r := e.do(t, "GET", "/.well-known/jwks.json", "", nil)
+	if r.StatusCode != 503 || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("before load: %d", r.StatusCode)
+	}
+	e.refresh(t)
+	for _, p := range []string{"/.well-known/jwks.json", "/.well-known/pomerium/jwks.json"} {
+		r := e.do(t, "GET", p, "", nil)
+		body := readBody(t, r)
+		if r.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", p, r.StatusCode, body)
+		}
+		if !bytes.Equal(body, e.kr.State().Document.JSON) {
+			t.Fatalf("%s: body is not the keyring's document", p)
+		}
+		if got := r.Header.Get("Cache-Control"); got != "public, max-age=300" {
+			t.Errorf("Cache-Control %q", got)
+		}
+		if r.Header.Get("Access-Control-Allow-Origin") != "*" || r.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("CORS/Content-Type: %v", r.Header)
+		}
+		etag := r.Header.Get("ETag")
+		if etag != e.kr.State().Document.ETag || strings.HasPrefix(etag, "W/") {
+			t.Fatalf("ETag %q", etag)
+		}
+		for _, inm := range []string{etag, `"other", ` + etag, "W/" + etag, "*"} {
+			r := e.do(t, "GET", p, "", map[string]string{"If-None-Match": inm})
+			if r.StatusCode != 304 || len(readBody(t, r)) != 0 || r.Header.Get("ETag") != etag {
+				t.Errorf("If-None-Match %s: %d", inm, r.StatusCode)
+			}
+		}
+		if r := e.do(t, "GET", p, "", map[string]string{"If-None-Match": `"stale"`}); r.StatusCode != 200 {
+			t.Errorf("stale If-None-Match: %d", r.StatusCode)
+		}
+		if r := e.do(t, "HEAD", p, "", nil); r.StatusCode != 200 || r.Header.Get("ETag") != etag {
+			t.Errorf("HEAD: %d", r.StatusCode)
+		}
+		r = e.do(t, "OPTIONS", p, "", map[string]string{"Origin": "https://app.example", "Access-Control-Request-Method": "GET"})
+		if r.StatusCode != 204 || r.Header.Get("Access-Control-Allow-Origin") != "*" || !strings.Contains(r.Header.Get("Access-Control-Allow-Methods"), "GET") {
+			t.Errorf("preflight: %d %v", r.StatusCode, r.Header)
+		}
+	}
+	// The metrics saw the 304s.
+	metrics := string(readBody(t, e.do(t, "GET", "/metrics", "", nil)))
+	if !strings.Contains(metrics, "kmsgate_jwks_not_modified_total 8") {
+		t.Errorf("304 count missing from metrics")
+	}
+}
+
+func TestMaxAgeCappedByPrepublish(t *testing.T) {
+	e := newEnv(t, func(c *gateway.Config) { c.Prepublish = 4 * time.Minute })
+	e.refresh(t)
+	if got := e.do(t, "GET", "/.well-known/jwks.json", "", nil).Header.Get("Cache-Control"); got != "public, max-age=120" {
+		t.Fatalf("Cache-Control %q, want max-age=120 (half of a 4m prepublish)", got)
+	}
+}
+
+func TestDiscovery(t *testing.T) {
+	e := newEnv(t, nil)
+	r := e.do(t, "GET", "/.well-known/openid-configuration", "", nil)
+	var doc map[string]any
+	if err := json.Unmarshal(readBody(t, r), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if doc["issuer"] != issuer || doc["jwks_uri"] != issuer+"/.well-known/jwks.json" {
+		t.Fatalf("discovery %v", doc)
+	}
+	algs, _ := doc["id_token_signing_alg_values_supported"].([]any)
+	if len(algs) != 1 || algs[0] != "ES256" {
+		t.Fatalf("algs %v", algs)
+	}
+	if r.Header.Get("ETag") == "" || r.Header.Get("Access-Control-Allow-Origin") != "*" {
+		t.Fatal("discovery lacks ETag or CORS")
+	}
+}
+
+func TestJWKSAndDiscoveryNeverCallABackend(t *testing.T) {
+	e := newEnv(t, nil)
+	e.refresh(t)
+	lists, signs := e.fake.Lists.Load(), e.fake.Signs.Load()
+	for i := 0; i < 200; i++ {
+		for _, p := range []string{"/.well-known/jwks.json", "/.well-known/pomerium/jwks.json", "/.well-known/openid-configuration"} {
+			r := e.do(t, "GET", p, "", nil)
+			io.Copy(io.Discard, r.Body)
+			r.Body.Close()
+		}
+	}
+	if e.fake.Lists.Load() != lists || e.fake.Signs.Load() != signs {
+		t.Fatalf("backend called: lists %d->%d, signs %d->%d", lists, e.fake.Lists.Load(), signs, e.fake.Signs.Load())
+	}
+}
+
+func sign(t *testing.T, e *env, token, body string) (*http.Response, map[string]any) {
+	t.Helper()
+	hdr := map[string]string{"Content-Type": "application/json"}
+	if token != "" {
+		hdr["Authorization"] = "Bearer " + token
+	}
+	r := e.do(t, "POST", "/v1/sign", body, hdr)
+	out := map[string]any{}
+	b := readBody(t, r)
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatalf("sign answer is not JSON: %d %q", r.StatusCode, b)
+	}
+	return r, out
+}
+
+func TestSignAPI(t *testing.T) {
+	e := newEnv(t, nil)
+	e.refresh(t)
+	r, out := sign(t, e, clientToken, `{"claims":{"sub":"svc-1","aud":"billing","scope":"read"},"ttl":"10m"}`)
+	if r.StatusCode != 200 {
+		t.Fatalf("sign: %d %v", r.StatusCode, out)
+	}
+	if r.Header.Get("Cache-Control") != "no-store" {
+		t.Error("sign answer is cacheable")
+	}
+	claims := backendtest.VerifyIndependently(t, out["token"].(string), e.kr.State().Document.JSON)
+	if claims["iss"] != issuer || claims["sub"] != "svc-1" || claims["scope"] != "read" || claims["jti"] == "" {
+		t.Fatalf("claims %v", claims)
+	}
+	iat, exp := claims["iat"], claims["exp"]
+	if d := exp.(time.Time).Sub(iat.(time.Time)); d != 10*time.Minute {
+		t.Fatalf("lifetime %s", d)
+	}
+	if out["kid"] != e.kr.State().Plan.Keys[0].KID {
+		t.Fatalf("kid %v", out["kid"])
+	}
+	// Seconds and the default work too.
+	if r, out := sign(t, e, clientToken, `{"claims":{"sub":"svc-1","aud":["billing","reports"]},"ttl":60}`); r.StatusCode != 200 {
+		t.Fatalf("ttl in seconds, aud list: %d %v", r.StatusCode, out)
+	}
+	if r, out := sign(t, e, clientToken, `{"claims":{"sub":"svc-1","aud":"billing"}}`); r.StatusCode != 200 {
+		t.Fatalf("default ttl: %d %v", r.StatusCode, out)
+	}
+}
+
+func TestSignAPIErrors(t *testing.T) {
+	e := newEnv(t, nil)
+	e.refresh(t)
+	good := `{"claims":{"sub":"svc-1","aud":"billing"}}`
+	cases := []struct {
+		name, token, body string
+		status            int
+		code              string
+	}{
+		{"no credentials", "", good, 401, "unauthenticated"},
+		{"wrong token", "not-the-token", good, 401, "unauthenticated"},
+		{"malformed JSON", clientToken, `{"claims":`, 400, "malformed"},
+		{"not an object", clientToken, `[1,2]`, 400, "malformed"},
+		{"unknown member", clientToken, `{"claims":{"sub":"svc-1","aud":"billing"},"alg":"none"}`, 400, "malformed"},
+		{"trailing data", clientToken, good + `{}`, 400, "malformed"},
+		{"no sub", clientToken, `{"claims":{"aud":"billing"}}`, 400, "malformed"},
+		{"no aud", clientToken, `{"claims":{"sub":"svc-1"}}`, 400, "malformed"},
+		{"aud not strings", clientToken, `{"claims":{"sub":"svc-1","aud":[1]}}`, 400, "malformed"},
+		{"bad ttl", clientToken, `{"claims":{"sub":"svc-1","aud":"billing"},"ttl":"soon"}`, 400, "malformed"},
+		{"negative ttl", clientToken, `{"claims":{"sub":"svc-1","aud":"billing"},"ttl":-5}`, 400, "malformed"},
+		{"sets iss", clientToken, `{"claims":{"sub":"svc-1","aud":"billing","iss":"evil"}}`, 400, "reserved_claim"},
+		{"sets exp", clientToken, `{"claims":{"sub":"svc-1","aud":"billing","exp":9999999999}}`, 400, "reserved_claim"},
+		{"sets jti", clientToken, `{"claims":{"sub":"svc-1","aud":"billing","jti":"x"}}`, 400, "reserved_claim"},
+		{"audience not allowed", clientToken, `{"claims":{"sub":"svc-1","aud":"admin"}}`, 403, "audience_not_allowed"},
+		{"one audience not allowed", clientToken, `{"claims":{"sub":"svc-1","aud":["billing","admin"]}}`, 403, "audience_not_allowed"},
+		{"subject not allowed", clientToken, `{"claims":{"sub":"root","aud":"billing"}}`, 403, "subject_not_allowed"},
+		{"claim not allowed", clientToken, `{"claims":{"sub":"svc-1","aud":"billing","role":"admin"}}`, 403, "claim_not_allowed"},
+		{"ttl over max", clientToken, `{"claims":{"sub":"svc-1","aud":"billing"},"ttl":"1h"}`, 403, "ttl_not_allowed"},
+		{"too large", clientToken, `{"claims":{"sub":"svc-1","aud":"billing","scope":"` + strings.Repeat("x", 5000) + `"}}`, 413, "too_large"},
+	}
+	signs := e.fake.Signs.Load()
+	for _, c := range cases {
+		r, out := sign(t, e, c.token, c.body)
+		if r.StatusCode != c.status || out["code"] != c.code || out["error"] == "" {
+			t.Errorf("%s: %d %v, want %d %s", c.name, r.StatusCode, out, c.status, c.code)
+		}
+	}
+	if e.fake.Signs.Load() != signs {
+		t.Errorf("refused requests reached the backend")
+	}
+	r := e.do(t, "GET", "/v1/sign", "", nil)
+	if r.StatusCode != 405 {
+		t.Errorf("GET /v1/sign: %d", r.StatusCode)
+	}
+	if r := e.do(t, "POST", "/v1/sign", good, map[string]string{"Authorization": "Basic " + clientToken}); r.StatusCode != 401 {
+		t.Errorf("Basic auth: %d", r.StatusCode)
+	}
+}
+
+func TestSignBackendFailures(t *testing.T) {
+	e := newEnv(t, nil)
+	e.refresh(t)
+	body := `{"claims":{"sub":"svc-1","aud":"billing"}}`
+	for _, c := range []struct {
+		name   string
+		set    func()
+		status int
+		code   string
+	}{
+		{"throttled", func() { e.fake.SetFail(fmt.Errorf("fake: %w", backends.ErrThrottled)) }, 429, "backend_throttled"},
+		{"unavailable", func() { e.fake.SetFail(fmt.Errorf("fake: %w", backends.ErrUnavailable)) }, 503, "backend_unavailable"},
+		{"permission", func() { e.fake.SetFail(fmt.Errorf("fake: %w", backends.ErrPermission)) }, 503, "backend_permission"},
+		{"wrong signature", func() { e.fake.SetWrongKey(true) }, 503, "backend_integrity"},
+		{"slow backend", func() { e.fake.SetDelay(5 * time.Second) }, 503, "backend_unavailable"},
+		{"hanging backend", func() { e.fake.SetHang(true) }, 503, "backend_unavailable"},
+	} {
+		e.fake.SetFail(nil)
+		e.fake.SetWrongKey(false)
+		e.fake.SetDelay(0)
+		e.fake.SetHang(false)
+		e.fake.Add("v-extra-"+c.name, time.Now().Add(-48*time.Hour)) // a second key for the wrong-key case
+		c.set()
+		start := time.Now()
+		r, out := sign(t, e, clientToken, body)
+		took := time.Since(start)
+		if r.StatusCode != c.status || out["code"] != c.code || r.Header.Get("Retry-After") == "" {
+			t.Errorf("%s: %d %v Retry-After=%q", c.name, r.StatusCode, out, r.Header.Get("Retry-After"))
+		}
+		if out["token"] != nil {
+			t.Errorf("%s: a token was returned", c.name)
+		}
+		if took > 2*time.Second {
+			t.Errorf("%s: answered after %s; the request deadline is 300ms", c.name, took)
+		}
+	}
+	e.fake.SetHang(false)
+	metrics := string(readBody(t, e.do(t, "GET", "/metrics", "", nil)))
+	for _, want := range []string{`kmsgate_backend_errors_total{backend="fake",kind="throttled",op="sign"} 1`, `kind="integrity",op="sign"} 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+// TestBackendDownAndBack: after start the backend fails; the JWKS keeps being
+// served, signing answers 503 with Retry-After in time, and both recover by
+// themselves once the backend returns.
+func TestBackendDownAndBack(t *testing.T) {
+	e := newEnv(t, nil)
+	e.refresh(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go e.kr.Run(ctx, 20*time.Millisecond, time.Second)
+	etag := e.kr.State().Document.ETag
+	body := `{"claims":{"sub":"svc-1","aud":"billing"}}`
+
+	e.fake.SetFail(fmt.Errorf("fake: connection refused: %w", backends.ErrUnavailable))
+	time.Sleep(100 * time.Millisecond) // several failed refreshes
+	r := e.do(t, "GET", "/.well-known/jwks.json", "", nil)
+	if r.StatusCode != 200 || r.Header.Get("ETag") != etag {
+		t.Fatalf("JWKS while the backend is down: %d", r.StatusCode)
+	}
+	if r := e.do(t, "GET", "/readyz", "", nil); r.StatusCode != 200 {
+		t.Fatalf("readyz while serving the last good set: %d", r.StatusCode)
+	}
+	if r, _ := sign(t, e, clientToken, body); r.StatusCode != 503 || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("sign while down: %d", r.StatusCode)
+	}
+	if !strings.Contains(e.logs.String(), "serving the last good versions") {
+		t.Error("no warning logged for the failed refresh")
+	}
+
+	e.fake.SetFail(nil)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r, _ := sign(t, e, clientToken, body)
+		if r.StatusCode == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sign did not recover: %d", r.StatusCode)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	metrics := string(readBody(t, e.do(t, "GET", "/metrics", "", nil)))
+	if !strings.Contains(metrics, `kmsgate_key_refreshes_total{backend="fake",result="error"}`) {
+		t.Error("failed refreshes are not in the metrics")
+	}
+}
+
+func TestHealthAndReadiness(t *testing.T) {
+	e := newEnv(t, nil)
+	if r := e.do(t, "GET", "/healthz", "", nil); r.StatusCode != 200 {
+		t.Fatalf("healthz %d", r.StatusCode)
+	}
+	r := e.do(t, "GET", "/readyz", "", nil)
+	if b := readBody(t, r); r.StatusCode != 503 || !strings.Contains(string(b), "fake://k") {
+		t.Fatalf("readyz before load: %d %s", r.StatusCode, b)
+	}
+	e.refresh(t)
+	if r := e.do(t, "GET", "/readyz", "", nil); r.StatusCode != 200 {
+		t.Fatalf("readyz after load: %d", r.StatusCode)
+	}
+	metrics := string(readBody(t, e.do(t, "GET", "/metrics", "", nil)))
+	for _, want := range []string{"kmsgate_keys_ready 1", `kmsgate_key_info{backend="fake",kid="` + e.kr.State().Plan.Keys[0].KID + `",role="active",state="enabled",uri="fake://k"} 1`,
+		`kmsgate_http_requests_total{code="503",endpoint="/readyz"} 1`, "kmsgate_http_request_duration_seconds_bucket"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if r := e.do(t, "GET", "/nope", "", nil); r.StatusCode != 404 {
+		t.Errorf("unknown path: %d", r.StatusCode)
+	}
+}
+
+func TestConfigRefused(t *testing.T) {
+	f := &backendtest.Fake{}
+	kr, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{})
+	base := gateway.Config{Issuer: issuer, Prepublish: time.Hour}
+	for name, c := range map[string]struct {
+		mutate func(*gateway.Config)
+		want   string
+	}{
+		"no issuer":        {func(c *gateway.Config) { c.Issuer = "" }, "no issuer"},
+		"issuer not a URL": {func(c *gateway.Config) { c.Issuer = "kmsgate" }, "http:// or https://"},
+		"relative path":    {func(c *gateway.Config) { c.JWKSPaths = []string{"jwks.json"} }, "must start with /"},
+		"no client name":   {func(c *gateway.Config) { c.Clients = []gateway.Client{{TokenSHA256: tokenHash("x")}} }, "without a name"},
+		"bad hash":         {func(c *gateway.Config) { c.Clients = []gateway.Client{{Name: "a", TokenSHA256: "abc"}} }, "64 hex"},
+		"two credentials": {func(c *gateway.Config) {
+			c.Clients = []gateway.Client{{Name: "a", TokenSHA256: tokenHash("x"), CertSubject: "CN=a"}}
+		}, "exactly one"},
+		"no audiences": {func(c *gateway.Config) {
+			c.Clients = []gateway.Client{{Name: "a", TokenSHA256: tokenHash("x"), Subjects: []string{"*"}, MaxTTL: time.Minute}}
+		}, "audiences is empty"},
+		"bad pattern": {func(c *gateway.Config) {
+			c.Clients = []gateway.Client{{Name: "a", TokenSHA256: tokenHash("x"), Audiences: []string{"*"}, Subjects: []string{"["}, MaxTTL: time.Minute}}
+		}, "subject pattern"},
+		"no max_ttl": {func(c *gateway.Config) {
+			c.Clients = []gateway.Client{{Name: "a", TokenSHA256: tokenHash("x"), Audiences: []string{"*"}, Subjects: []string{"*"}}}
+		}, "max_ttl"},
+		"duplicate clients": {func(c *gateway.Config) {
+			cl := gateway.Client{Name: "a", TokenSHA256: tokenHash("x"), Audiences: []string{"*"}, Subjects: []string{"*"}, MaxTTL: time.Minute}
+			c.Clients = []gateway.Client{cl, cl}
+		}, "defined twice"},
+	} {
+		cfg := base
+		c.mutate(&cfg)
+		if _, err := gateway.New(cfg, kr, nil); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+func TestGracefulShutdown(t *testing.T) {
+	e := newEnv(t, nil)
+	e.refresh(t)
+	e.fake.SetDelay(200 * time.Millisecond)
+	ln, err := listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- e.srv.Serve(ctx, ln, nil, 5*time.Second) }()
+	type result struct {
+		status int
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/v1/sign", strings.NewReader(`{"claims":{"sub":"svc-1","aud":"billing"}}`))
+		req.Header.Set("Authorization", "Bearer "+clientToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			done <- result{0, err}
+			return
+		}
+		resp.Body.Close()
+		done <- result{resp.StatusCode, nil}
+	}()
+	time.Sleep(50 * time.Millisecond) // the request is in flight
+	cancel()                          // SIGTERM
+	r := <-done
+	if r.err != nil || r.status != 200 {
+		t.Fatalf("in-flight request: %d %v", r.status, r.err)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if _, err := http.Get("http://" + ln.Addr().String() + "/healthz"); err == nil {
+		t.Fatal("still accepting connections after shutdown")
+	}
+}
