@@ -1,0 +1,159 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kmsgate/kmsgate/backends/backendtest"
+)
+
+// TestServeEndToEnd starts the built binary, signs through POST /v1/sign and
+// verifies the token against the served JWKS with an independent library.
+func TestServeEndToEnd(t *testing.T) {
+	keys := writeFile(t, "keys.pem", genkey(t)+genkey(t))
+	g := backendtest.StartGateway(t, "", "--key", "file://"+keys, "--jwks-path", "/.well-known/pomerium/jwks.json")
+	status, out := g.Sign(t, `{"sub":"alice","aud":"app","email":"alice@example.com"}`)
+	if status != 200 {
+		t.Fatalf("sign: %d %v", status, out)
+	}
+	claims := backendtest.VerifyIndependently(t, out["token"].(string), g.JWKS(t))
+	if claims["sub"] != "alice" || claims["iss"] != g.URL || claims["email"] != "alice@example.com" {
+		t.Fatalf("claims %v", claims)
+	}
+	resp, err := http.Get(g.URL + "/.well-known/pomerium/jwks.json")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("alias path: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	// SIGTERM: a clean exit, and no token or key in the logs.
+	if err := g.Stop(t); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, g.Logs())
+	}
+	logs := g.Logs()
+	if strings.Contains(logs, out["token"].(string)[:40]) || strings.Contains(logs, g.Token) || strings.Contains(logs, "PRIVATE") {
+		t.Fatalf("a secret reached the logs:\n%s", logs)
+	}
+	if !strings.Contains(logs, `"msg":"listening"`) {
+		t.Fatalf("logs are not JSON lines from slog:\n%s", logs)
+	}
+}
+
+func TestServeRefusesAtStart(t *testing.T) {
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	der, _ := x509.MarshalPKCS8PrivateKey(rsaKey)
+	bad := writeFile(t, "rsa.pem", string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})))
+	good := writeFile(t, "good.pem", genkey(t))
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"serve", "--key", "file://" + bad, "--issuer", "http://x.example", "--listen", "127.0.0.1:0"}, 1, "key 1: wrong key type: RSA key"},
+		{[]string{"serve", "--key", "file://" + good, "--listen", "127.0.0.1:0"}, 2, "--issuer is required"},
+		{[]string{"serve", "--key", "file://" + good, "--issuer", "x.example", "--listen", "127.0.0.1:0"}, 2, "http:// or https://"},
+		{[]string{"serve", "--key", "file://" + good, "--issuer", "http://x.example", "--listen", "127.0.0.1:0", "--tls-cert", "/nonexistent"}, 2, "--tls-cert and --tls-key go together"},
+	} {
+		_, errOut, code := run(t, nil, c.args...)
+		if code != c.code || !strings.Contains(errOut, c.want) {
+			t.Errorf("%v: exit %d, stderr %q; want %d and %q", c.args, code, errOut, c.code, c.want)
+		}
+	}
+}
+
+// testPKI writes a CA, a server certificate for 127.0.0.1 and a client
+// certificate with subject CN=batch,O=Example.
+type testPKI struct {
+	caFile, certFile, keyFile string
+	roots                     *x509.CertPool
+	client                    tls.Certificate
+}
+
+func newTestPKI(t *testing.T) *testPKI {
+	t.Helper()
+	dir := t.TempDir()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kmsgate test CA"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	issue := func(tmpl *x509.Certificate) ([]byte, *ecdsa.PrivateKey) {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der, k
+	}
+	srvDER, srvKey := issue(&x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	cliDER, cliKey := issue(&x509.Certificate{SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "batch", Organization: []string{"Example"}},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	p := &testPKI{caFile: filepath.Join(dir, "ca.pem"), certFile: filepath.Join(dir, "srv.pem"), keyFile: filepath.Join(dir, "srv.key"), roots: x509.NewCertPool()}
+	p.roots.AddCert(ca)
+	write := func(path, typ string, der []byte) {
+		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(p.caFile, "CERTIFICATE", caDER)
+	write(p.certFile, "CERTIFICATE", srvDER)
+	kd, _ := x509.MarshalECPrivateKey(srvKey)
+	write(p.keyFile, "EC PRIVATE KEY", kd)
+	ckd, _ := x509.MarshalECPrivateKey(cliKey)
+	p.client, err = tls.X509KeyPair(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cliDER}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: ckd}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestServeTLSAndClientCertificates(t *testing.T) {
+	pki := newTestPKI(t)
+	keys := writeFile(t, "keys.pem", genkey(t))
+	extra := "  - name: batch\n    cert_subject: CN=batch,O=Example\n    audiences: [reports]\n    subjects: [batch]\n    max_ttl: 5m\n"
+	g := backendtest.StartGatewayNoWait(t, extra, "--key", "file://"+keys, "--tls-cert", pki.certFile, "--tls-key", pki.keyFile, "--tls-client-ca", pki.caFile)
+	g.UseTLS(&tls.Config{RootCAs: pki.roots})
+	g.WaitReady(t, 30*time.Second)
+
+	// A bearer-token client works over TLS without a certificate.
+	if status, out := g.Sign(t, `{"sub":"x","aud":"y"}`); status != 200 {
+		t.Fatalf("bearer over TLS: %d %v", status, out)
+	}
+	// The certificate client: no token, its policy applies.
+	certClient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.roots, Certificates: []tls.Certificate{pki.client}}}}
+	post := func(c *http.Client, body string) int {
+		resp, err := c.Post(g.URL+"/v1/sign", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if s := post(certClient, `{"claims":{"sub":"batch","aud":"reports"}}`); s != 200 {
+		t.Fatalf("client certificate: %d", s)
+	}
+	if s := post(certClient, `{"claims":{"sub":"batch","aud":"billing"}}`); s != 403 {
+		t.Fatalf("client certificate outside its policy: %d", s)
+	}
+	noCert := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.roots}}}
+	if s := post(noCert, `{"claims":{"sub":"batch","aud":"reports"}}`); s != 401 {
+		t.Fatalf("no certificate, no token: %d", s)
+	}
+}
