@@ -51,3 +51,21 @@ func BenchmarkSign(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkBareECDSAParallel is the sign API benchmark's yardstick: bare
+// ecdsa.Sign of a SHA-256 digest on every core (scripts/bench.sh).
+func BenchmarkBareECDSAParallel(b *testing.B) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9"))
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, _, err := ecdsa.Sign(rand.Reader, key, digest[:]); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}

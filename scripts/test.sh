@@ -11,31 +11,10 @@ export KMSGATE_TEST_WORK=$(mktemp -d "${TMPDIR:-/tmp}/kmsgate-test.XXXXXX")
 # for lack of one fails instead (see backends/backendtest.Require).
 export KMSGATE_REQUIRE_SERVERS=1
 
-CLEANUPS=()
-add_cleanup() { CLEANUPS+=("$1"); }
-cleanup() {
-  local i
-  for ((i=${#CLEANUPS[@]}-1; i>=0; i--)); do eval "${CLEANUPS[i]}" || true; done
-  rm -rf "$KMSGATE_TEST_WORK"
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+cleanup() { run_cleanups; rm -rf "$KMSGATE_TEST_WORK"; }
 trap cleanup EXIT
-
-# need_pkg installs Debian packages that are missing (as root, as on CI).
-need_pkg() {
-  local missing=()
-  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  echo "test.sh: installing ${missing[*]}" >&2
-  if [ "$(id -u)" -ne 0 ]; then echo "test.sh: need root to install ${missing[*]}" >&2; return 1; fi
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-}
-
-# wait_for_file waits up to 60 s for a server to write its address file.
-wait_for_file() {
-  local f=$1 i
-  for i in $(seq 1 600); do [ -s "$f" ] && return 0; sleep 0.1; done
-  echo "test.sh: timed out waiting for $f" >&2; return 1
-}
 
 # Nested modules (test servers, deployment checks) whose own tests run too.
 NESTED_MODULES=()

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Load benchmark of `kmsgate serve` on loopback, every figure measured in the
+# same run on the same machine so that ratios are comparable:
+#   - JWKS throughput against nginx serving the same bytes as a static file,
+#     same wrk settings and connection count; p99 latency at 64 connections;
+#   - sign API tokens/s (PEM key) against a bare ecdsa.Sign loop on all cores;
+#   - resident memory of an idle `kmsgate serve`.
+# Usage: scripts/bench.sh [seconds per wrk run, default 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+DUR=${1:-10}
+CONNS=64
+THREADS=2
+W=$(mktemp -d "${TMPDIR:-/tmp}/kmsgate-bench.XXXXXX")
+chmod 755 "$W"
+trap 'run_cleanups; rm -rf "$W"' EXIT
+need_pkg nginx wrk curl
+
+echo "== building kmsgate" >&2
+CGO_ENABLED=0 go build -trimpath -o "$W/kmsgate" ./cmd/kmsgate
+"$W/kmsgate" genkey > "$W/key.pem"
+mkdir -p "$W/www/.well-known"
+"$W/kmsgate" jwks --key "file://$W/key.pem" | tr -d '\n' > "$W/www/.well-known/jwks.json"
+chmod -R a+rX "$W/www"
+
+NGINX_PORT=$(free_port)
+cat > "$W/nginx.conf" <<CONF
+worker_processes auto;
+pid $W/nginx.pid;
+error_log $W/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $W/tmp-body;
+  proxy_temp_path $W/tmp-proxy;
+  fastcgi_temp_path $W/tmp-fcgi;
+  uwsgi_temp_path $W/tmp-uwsgi;
+  scgi_temp_path $W/tmp-scgi;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location = /.well-known/jwks.json {
+      root $W/www;
+      default_type application/json;
+      add_header Cache-Control "public, max-age=300";
+      add_header Access-Control-Allow-Origin "*";
+    }
+  }
+}
+CONF
+nginx -c "$W/nginx.conf" -p "$W" -g 'daemon off;' &
+NGINX_PID=$!
+add_cleanup "kill $NGINX_PID"
+
+KG_PORT=$(free_port)
+TOKEN=bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+HASH=$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)
+cat > "$W/kmsgate.yaml" <<CONF
+clients:
+  - name: bench
+    token_sha256: $HASH
+    audiences: ["*"]
+    subjects: ["*"]
+    max_ttl: 1h
+CONF
+"$W/kmsgate" serve --listen "127.0.0.1:$KG_PORT" --issuer "http://127.0.0.1:$KG_PORT" \
+  --key "file://$W/key.pem" --config "$W/kmsgate.yaml" --log-level warn 2> "$W/kmsgate.log" &
+KG_PID=$!
+add_cleanup "kill $KG_PID"
+wait_for_http "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json"
+wait_for_http "http://127.0.0.1:$KG_PORT/readyz"
+cmp <(curl -s "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json") <(curl -s "http://127.0.0.1:$KG_PORT/.well-known/jwks.json") \
+  || { echo "nginx and kmsgate serve different bytes" >&2; exit 1; }
+
+# Idle memory, before any load.
+sleep 2
+RSS_KB=$(awk '/VmRSS/ {print $2}' /proc/$KG_PID/status)
+
+cat > "$W/sign.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"claims":{"sub":"alice","aud":"bench"},"ttl":"5m"}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $TOKEN"
+LUA
+
+# wrk_run URL [script] prints "rps p50_ms p99_ms non2xx".
+wrk_run() {
+  local out
+  out=$(wrk -t$THREADS -c$CONNS -d${DUR}s --latency ${2:+-s "$2"} "$1")
+  echo "$out" >> "$W/wrk.log"
+  echo "$out" | awk '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    /Requests\/sec/ {rps=$2}
+    /^ +50%/ {p50=ms($2)}
+    /^ +99%/ {p99=ms($2)}
+    /Non-2xx/ {bad=$NF}
+    END {printf "%.0f %.3f %.3f %d\n", rps, p50, p99, bad+0}'
+}
+
+echo "== JWKS: nginx and kmsgate, interleaved, ${DUR}s each, $CONNS connections" >&2
+wrk -t1 -c8 -d2s "http://127.0.0.1:$KG_PORT/.well-known/jwks.json" >/dev/null   # warm-up
+wrk -t1 -c8 -d2s "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json" >/dev/null
+read -r N1 NP50a NP99a _ < <(wrk_run "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json")
+read -r K1 KP50a KP99a KBADa < <(wrk_run "http://127.0.0.1:$KG_PORT/.well-known/jwks.json")
+read -r N2 NP50b NP99b _ < <(wrk_run "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json")
+read -r K2 KP50b KP99b KBADb < <(wrk_run "http://127.0.0.1:$KG_PORT/.well-known/jwks.json")
+
+echo "== sign API: kmsgate POST /v1/sign (PEM key), ${DUR}s, $CONNS connections" >&2
+read -r S1 SP50 SP99 SBAD < <(wrk_run "http://127.0.0.1:$KG_PORT/v1/sign" "$W/sign.lua")
+echo "== bare ecdsa.Sign on all cores (go test -bench, RunParallel)" >&2
+BARE_NS=$(go test -run '^$' -bench '^BenchmarkBareECDSAParallel$' -benchtime "${DUR}s" ./jwks/ | awk '/^BenchmarkBareECDSAParallel/ {print $3}')
+BARE_OPS=$(awk -v ns="$BARE_NS" 'BEGIN {printf "%.0f", 1e9/ns}')
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+NG=$(( (N1 + N2) / 2 )); KG=$(( (K1 + K2) / 2 ))
+cat <<REPORT
+
+kmsgate load benchmark ($(nproc) cores, wrk -t$THREADS -c$CONNS -d${DUR}s, loopback)
+JWKS   nginx static file     : $N1 / $N2 req/s (p50 $NP50a / $NP50b ms, p99 $NP99a / $NP99b ms)
+JWKS   kmsgate               : $K1 / $K2 req/s (p50 $KP50a / $KP50b ms, p99 $KP99a / $KP99b ms, non-2xx $KBADa / $KBADb)
+JWKS   kmsgate / nginx       : $(ratio "$KG" "$NG")   (target >= 0.70; runs $(ratio "$K1" "$N1") and $(ratio "$K2" "$N2"))
+JWKS   kmsgate p99 @ $CONNS conns : $KP99a / $KP99b ms   (target <= 5 ms)
+sign   kmsgate /v1/sign      : $S1 tokens/s (p50 $SP50 ms, p99 $SP99 ms, non-2xx $SBAD)
+sign   bare ecdsa.Sign       : $BARE_OPS signatures/s on all cores ($BARE_NS ns/op)
+sign   kmsgate / bare        : $(ratio "$S1" "$BARE_OPS")   (target >= 0.50)
+memory idle kmsgate serve RSS: $(( RSS_KB / 1024 )) MiB ($RSS_KB KiB; target < 40 MB)
+REPORT
