@@ -77,7 +77,7 @@ func newEnv(t *testing.T, mutate func(*gateway.Config)) *env {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	srv, err := gateway.New(cfg, kr, m)
+	srv, err := gateway.New(context.Background(), cfg, kr, m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -466,7 +466,7 @@ func TestConfigRefused(t *testing.T) {
 	} {
 		cfg := base
 		c.mutate(&cfg)
-		if _, err := gateway.New(cfg, kr, nil); err == nil || !strings.Contains(err.Error(), c.want) {
+		if _, err := gateway.New(context.Background(), cfg, kr, nil); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}

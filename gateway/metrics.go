@@ -23,6 +23,8 @@ type Metrics struct {
 	refreshes       *prometheus.CounterVec
 	jwksRequests    prometheus.Counter
 	jwksNotModified prometheus.Counter
+	assertionHits   prometheus.Counter
+	assertionMisses prometheus.Counter
 }
 
 // NewMetrics registers the gateway's metrics, plus the Go and process
@@ -53,8 +55,14 @@ func NewMetrics() *Metrics {
 		jwksNotModified: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kmsgate_jwks_not_modified_total", Help: "JWKS and discovery requests answered 304 Not Modified.",
 		}),
+		assertionHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kmsgate_assertion_cache_hits_total", Help: "Identity assertions served from the cache.",
+		}),
+		assertionMisses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kmsgate_assertion_cache_misses_total", Help: "Identity assertions not in the cache (signed, or waiting for a concurrent signature).",
+		}),
 	}
-	m.Registry.MustRegister(m.requests, m.duration, m.sign, m.backendErrors, m.refreshes, m.jwksRequests, m.jwksNotModified,
+	m.Registry.MustRegister(m.assertionHits, m.assertionMisses, m.requests, m.duration, m.sign, m.backendErrors, m.refreshes, m.jwksRequests, m.jwksNotModified,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -38,6 +38,9 @@ type Config struct {
 	MaxBody int64
 	// Clients are the sign API's callers.
 	Clients []Client
+	// Proxy configures the reverse proxy, forward-auth and identity
+	// assertions; its zero value serves no proxy.
+	Proxy ProxyConfig
 	// Logger receives the server's logs; slog.Default when nil.
 	Logger *slog.Logger
 }
@@ -53,14 +56,16 @@ type Server struct {
 	metrics *Metrics
 	log     *slog.Logger
 	echo    *echo.Echo
+	proxy   *proxyState
 
 	cacheControl []string
 	discovery    []byte
 	discoveryTag string
 }
 
-// New validates cfg and builds the server over a keyring. m may be nil.
-func New(cfg Config, kr *jwks.Keyring, m *Metrics) (*Server, error) {
+// New validates cfg and builds the server over a keyring. m may be nil. ctx
+// bounds the start-up calls (the OIDC issuer's discovery document).
+func New(ctx context.Context, cfg Config, kr *jwks.Keyring, m *Metrics) (*Server, error) {
 	if cfg.Issuer == "" {
 		return nil, errors.New("gateway: no issuer (--issuer): it is the iss of every token and the base of the jwks_uri")
 	}
@@ -110,6 +115,9 @@ func New(cfg Config, kr *jwks.Keyring, m *Metrics) (*Server, error) {
 		"subject_types_supported":               []string{"public"},
 	})
 	s.discoveryTag = etagOf(s.discovery)
+	if s.proxy, err = s.buildProxy(ctx); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	s.echo = s.routes()
 	return s, nil
 }
@@ -150,6 +158,13 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/healthz", s.handleHealth)
 	e.GET("/readyz", s.handleReady)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{})))
+	if s.proxy != nil {
+		e.Any("/v1/auth", s.handleForwardAuth)
+		if len(s.proxy.routes) > 0 {
+			e.Any("/", s.handleProxy)
+			e.Any("/*", s.handleProxy)
+		}
+	}
 	return e
 }
 
@@ -163,7 +178,10 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 			c.Error(err)
 		}
 		endpoint := c.Path()
-		if endpoint == "" || c.Response().Status == http.StatusNotFound && c.Path() == "/*" {
+		switch {
+		case endpoint == "/" || endpoint == "/*":
+			endpoint = "proxy"
+		case endpoint == "":
 			endpoint = "other"
 		}
 		status := c.Response().Status
@@ -285,6 +303,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, tlsCfg *tls.Config,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetHTTP2(true)
+	srv.Protocols.SetUnencryptedHTTP2(true) // h2c with prior knowledge, for proxies in front
 	if tlsCfg != nil {
 		ln = tls.NewListener(ln, tlsCfg)
 	}

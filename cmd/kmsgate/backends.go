@@ -2,5 +2,6 @@ package main
 
 // The backends kmsgate can open, each registering its URI scheme.
 import (
+	_ "github.com/kmsgate/kmsgate/backends/gcpkms"
 	_ "github.com/kmsgate/kmsgate/backends/pem"
 )

@@ -16,8 +16,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -43,6 +45,8 @@ type serveFlags struct {
 	maxBody     int64
 	grace       time.Duration
 	dev         bool
+	proxy       gateway.ProxyConfig
+	trusted     []string
 	devSource   *jwks.Source // the --dev in-memory key
 }
 
@@ -68,6 +72,14 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&sf.tlsClientCA, "tls-client-ca", "", "CA bundle for client certificates (mTLS clients of the sign API)")
 	f.Int64Var(&sf.maxBody, "max-body", 64<<10, "largest sign request body in bytes")
 	f.DurationVar(&sf.grace, "shutdown-grace", 30*time.Second, "how long in-flight requests may finish after SIGTERM")
+	f.StringVar(&sf.proxy.Upstream, "upstream", "", "upstream URL that receives every request no route matches, with a signed assertion")
+	f.StringVar(&sf.proxy.Identity, "identity", "", "identity source for the proxy and /v1/auth: headers (oauth2-proxy, from --trusted-proxy), oidc (Authorization: Bearer) or client-cert")
+	f.StringSliceVar(&sf.trusted, "trusted-proxy", nil, "CIDRs or addresses of the authenticating proxy in front, whose X-Forwarded-User/-Email/-Groups are trusted")
+	f.StringVar(&sf.proxy.OIDCIssuer, "oidc-issuer", "", "issuer URL of the OIDC provider whose bearer tokens the oidc source accepts")
+	f.StringVar(&sf.proxy.OIDCAudience, "oidc-audience", "", "audience (client id) the OIDC tokens must carry")
+	f.StringVar(&sf.proxy.Header, "assertion-header", gateway.DefaultAssertionHeader, "header carrying the signed identity assertion (X-Pomerium-Jwt-Assertion for drop-in use)")
+	f.DurationVar(&sf.proxy.TTL, "assertion-ttl", 5*time.Minute, "lifetime of an identity assertion; cached copies are reused for 80% of it")
+	f.IntVar(&sf.proxy.CacheSize, "assertion-cache-size", 10000, "most cached assertions (per identity and audience), least recently used out first")
 	f.BoolVar(&sf.dev, "dev", false, "development mode: an in-memory key and a printed client token; never for production")
 	return cmd
 }
@@ -75,6 +87,7 @@ func newServeCmd() *cobra.Command {
 // configSectionsFile is the structured part of the config file.
 type configSectionsFile struct {
 	Clients []gateway.Client `yaml:"clients"`
+	Routes  []gateway.Route  `yaml:"routes"`
 	Rest    map[string]any   `yaml:",inline"`
 }
 
@@ -125,9 +138,17 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 		return err
 	}
 	defer closeAll()
-	srv, err := gateway.New(gateway.Config{
+	for _, t := range sf.trusted {
+		p, err := parsePrefix(t)
+		if err != nil {
+			return usagef("--trusted-proxy %q: %v", t, err)
+		}
+		sf.proxy.TrustedProxies = append(sf.proxy.TrustedProxies, p)
+	}
+	sf.proxy.Routes = sections.Routes
+	srv, err := gateway.New(ctx, gateway.Config{
 		Issuer: sf.issuer, JWKSPaths: sf.jwksPaths, MaxAge: sf.jwksMaxAge, Prepublish: sf.prepublish,
-		RequestTimeout: sf.requestTimeout, MaxBody: sf.maxBody, Clients: sections.Clients, Logger: log,
+		RequestTimeout: sf.requestTimeout, MaxBody: sf.maxBody, Clients: sections.Clients, Proxy: sf.proxy, Logger: log,
 	}, kr, metrics)
 	if err != nil {
 		return usageError{err}
@@ -241,4 +262,17 @@ func loadTLS(certFile, keyFile, clientCA string) (*tls.Config, error) {
 		cfg.ClientCAs, cfg.ClientAuth = pool, tls.VerifyClientCertIfGiven
 	}
 	return cfg, nil
+}
+
+// parsePrefix reads a CIDR, or a single address as a one-address prefix.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		return p.Masked(), err
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }

@@ -1,0 +1,93 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/kmsgate/kmsgate/jwks"
+)
+
+// assertionReuse is the share of an assertion's lifetime during which a
+// cached copy is reused; after it a new one is signed.
+const assertionReuse = 0.8
+
+// minter signs identity assertions and caches them per identity and
+// audience, bounded and least recently used out first. Concurrent misses for
+// the same key are collapsed into one backend signature.
+type minter struct {
+	keys    *jwks.Keyring
+	issuer  string
+	ttl     time.Duration
+	cache   *lru.Cache[string, assertion]
+	flight  singleflight.Group
+	metrics *Metrics
+	now     func() time.Time
+}
+
+type assertion struct {
+	token      string
+	reuseUntil time.Time
+}
+
+func newMinter(kr *jwks.Keyring, issuer string, ttl time.Duration, size int, m *Metrics) (*minter, error) {
+	if ttl <= 0 {
+		return nil, fmt.Errorf("--assertion-ttl %s must be positive", ttl)
+	}
+	if size <= 0 {
+		return nil, fmt.Errorf("--assertion-cache-size %d must be positive", size)
+	}
+	c, err := lru.New[string, assertion](size)
+	if err != nil {
+		return nil, err
+	}
+	return &minter{keys: kr, issuer: issuer, ttl: ttl, cache: c, metrics: m, now: time.Now}, nil
+}
+
+// mint returns a signed assertion for id and audience, from the cache while
+// it is within assertionReuse of its lifetime.
+func (m *minter) mint(ctx context.Context, id Identity, audience string) (string, error) {
+	key := audience + "\x00" + id.key()
+	if a, ok := m.cache.Get(key); ok && m.now().Before(a.reuseUntil) {
+		m.metrics.assertionHits.Inc()
+		return a.token, nil
+	}
+	m.metrics.assertionMisses.Inc()
+	// The shared call must not be cancelled by the first caller leaving;
+	// it is bounded by that caller's deadline instead.
+	v, err, _ := m.flight.Do(key, func() (any, error) {
+		if a, ok := m.cache.Get(key); ok && m.now().Before(a.reuseUntil) {
+			return a.token, nil
+		}
+		sctx := context.WithoutCancel(ctx)
+		if dl, ok := ctx.Deadline(); ok {
+			var cancel context.CancelFunc
+			sctx, cancel = context.WithDeadline(sctx, dl)
+			defer cancel()
+		}
+		now := m.now()
+		groups := id.Groups
+		if groups == nil {
+			groups = []string{}
+		}
+		claims, err := jwks.NewClaims(m.issuer, now, m.ttl, map[string]any{
+			"aud": audience, "sub": id.Subject, "user": id.User, "email": id.Email, "groups": groups, "name": id.Name,
+		})
+		if err != nil {
+			return nil, err
+		}
+		tok, _, err := m.keys.SignJWT(sctx, claims)
+		if err != nil {
+			return nil, err
+		}
+		m.cache.Add(key, assertion{token: tok, reuseUntil: now.Add(time.Duration(float64(m.ttl) * assertionReuse))})
+		return tok, nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return v.(string), nil
+}

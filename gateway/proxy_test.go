@@ -1,0 +1,573 @@
+package gateway_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/kmsgate/kmsgate/backends/backendtest"
+	"github.com/kmsgate/kmsgate/gateway"
+	"github.com/kmsgate/kmsgate/jwks"
+)
+
+// upstream records what reached the app behind the gateway.
+type upstream struct {
+	*httptest.Server
+	mu   sync.Mutex
+	reqs []*http.Request
+}
+
+func newUpstream(t *testing.T, h http.HandlerFunc) *upstream {
+	u := &upstream{}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		u.reqs = append(u.reqs, r.Clone(context.Background()))
+		u.mu.Unlock()
+		if h != nil {
+			h(w, r)
+			return
+		}
+		w.WriteHeader(200)
+		fmt.Fprint(w, "upstream ok")
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *upstream) last(t *testing.T) *http.Request {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.reqs) == 0 {
+		t.Fatal("nothing reached the upstream")
+	}
+	return u.reqs[len(u.reqs)-1]
+}
+
+func (u *upstream) count() int { u.mu.Lock(); defer u.mu.Unlock(); return len(u.reqs) }
+
+type proxyEnv struct {
+	fake *backendtest.Fake
+	kr   *jwks.Keyring
+	srv  *gateway.Server
+	addr string
+	logs *syncBuffer
+}
+
+// newProxyEnv serves the gateway with Server.Serve (HTTP/1.1 and h2c) on
+// 127.0.0.1 in front of the upstreams named in pc.
+func newProxyEnv(t *testing.T, pc gateway.ProxyConfig) *proxyEnv {
+	t.Helper()
+	f := &backendtest.Fake{}
+	f.Add("v1", time.Now().Add(-24*time.Hour))
+	m := gateway.NewMetrics()
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	kr, err := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{Logger: log, OnSign: m.OnSign})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kr.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := gateway.New(context.Background(), gateway.Config{Issuer: issuer, Prepublish: time.Hour, RequestTimeout: 500 * time.Millisecond, Proxy: pc, Logger: log}, kr, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = srv.Serve(ctx, ln, nil, time.Second); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	e := &proxyEnv{fake: f, kr: kr, srv: srv, addr: ln.Addr().String(), logs: logs}
+	t.Cleanup(func() {
+		if l := logs.String(); strings.Contains(l, "eyJ") {
+			t.Errorf("a token reached the logs:\n%s", l)
+		}
+	})
+	return e
+}
+
+func prefixes(s ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range s {
+		out = append(out, netip.MustParsePrefix(p))
+	}
+	return out
+}
+
+// raw sends a request written byte for byte and returns the status line.
+func raw(t *testing.T, addr, req string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.Status
+}
+
+// assertionOf checks that exactly one assertion header (in any variant)
+// reached the upstream and verifies it independently and with kmsgate's
+// verifier; it returns the claims.
+func assertionOf(t *testing.T, e *proxyEnv, r *http.Request, header string) map[string]any {
+	t.Helper()
+	var values []string
+	for k, v := range r.Header {
+		if strings.EqualFold(strings.ReplaceAll(k, "_", "-"), header) {
+			values = append(values, v...)
+		}
+	}
+	if len(values) != 1 {
+		t.Fatalf("upstream got %d assertion values %q, want exactly 1", len(values), values)
+	}
+	claims := backendtest.VerifyIndependently(t, values[0], e.kr.State().Document.JSON)
+	set, _ := jwks.ParseSet(e.kr.State().Document.JSON)
+	if _, err := jwks.VerifyWithSet(values[0], set, jwks.Expect{Issuer: issuer, Audience: claims["aud"].([]string)[0]}); err != nil {
+		t.Fatal(err)
+	}
+	return claims
+}
+
+func TestProxySpoofedHeadersNeverReachUpstream(t *testing.T) {
+	up := newUpstream(t, nil)
+	e := newProxyEnv(t, gateway.ProxyConfig{Upstream: up.URL, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32")})
+	forged := "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9."
+	req := "GET /app?q=1 HTTP/1.1\r\nHost: app.example\r\n" +
+		"X-Forwarded-User: alice\r\nX-Forwarded-Email: alice@example.com\r\nX-Forwarded-Groups: dev, ops\r\nX-Forwarded-Preferred-Username: Alice A\r\n" +
+		"X-Kmsgate-Jwt-Assertion: " + forged + "\r\n" +
+		"x-kmsgate-jwt-assertion: " + forged + "\r\n" +
+		"X-KMSGATE-JWT-ASSERTION: " + forged + "\r\n" +
+		"X_Kmsgate_Jwt_Assertion: " + forged + "\r\n" +
+		"Connection: keep-alive, X-Kmsgate-Jwt-Assertion\r\n\r\n"
+	if st := raw(t, e.addr, req); !strings.HasPrefix(st, "200") {
+		t.Fatalf("status %s", st)
+	}
+	r := up.last(t)
+	for k, v := range r.Header {
+		for _, x := range v {
+			if strings.Contains(x, forged) {
+				t.Fatalf("forged assertion reached the upstream in %s", k)
+			}
+		}
+	}
+	claims := assertionOf(t, e, r, gateway.DefaultAssertionHeader)
+	if claims["sub"] != "alice" || claims["email"] != "alice@example.com" || claims["name"] != "Alice A" || claims["user"] != "alice" {
+		t.Fatalf("claims %v", claims)
+	}
+	if g, _ := claims["groups"].([]any); len(g) != 2 || g[0] != "dev" || g[1] != "ops" {
+		t.Fatalf("groups %v", claims["groups"])
+	}
+	if aud := claims["aud"].([]string); aud[0] != strings.TrimPrefix(up.URL, "http://") {
+		t.Fatalf("aud %v, want the upstream host", aud)
+	}
+	if r.URL.RawQuery != "q=1" || r.Header.Get("X-Forwarded-Host") != "app.example" || r.Header.Get("X-Forwarded-Proto") != "http" || r.Header.Get("X-Forwarded-For") != "127.0.0.1" {
+		t.Fatalf("forwarded headers: %v query %q", r.Header, r.URL.RawQuery)
+	}
+}
+
+func TestProxyUntrustedIdentityHeaders(t *testing.T) {
+	up := newUpstream(t, nil)
+	// 127.0.0.1 is not trusted here.
+	e := newProxyEnv(t, gateway.ProxyConfig{Upstream: up.URL, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("10.0.0.0/8")})
+	for _, hdr := range []string{"X-Forwarded-User: admin\r\n", "x-forwarded-email: admin@example.com\r\n", "X_Forwarded_User: admin\r\n"} {
+		if st := raw(t, e.addr, "GET / HTTP/1.1\r\nHost: app\r\n"+hdr+"\r\n"); !strings.HasPrefix(st, "403") {
+			t.Errorf("%q from an untrusted address: %s", hdr, st)
+		}
+	}
+	if st := raw(t, e.addr, "GET / HTTP/1.1\r\nHost: app\r\n\r\n"); !strings.HasPrefix(st, "401") {
+		t.Errorf("no identity: %s", st)
+	}
+	if up.count() != 0 {
+		t.Fatalf("%d requests reached the upstream", up.count())
+	}
+	if e.fake.Signs.Load() != 0 {
+		t.Fatal("signed for an unauthenticated request")
+	}
+}
+
+func TestProxyRefusesWhenSigningFails(t *testing.T) {
+	up := newUpstream(t, nil)
+	e := newProxyEnv(t, gateway.ProxyConfig{Upstream: up.URL, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32")})
+	e.fake.SetFail(fmt.Errorf("kms down: %w", errUnavailable))
+	start := time.Now()
+	st := raw(t, e.addr, "GET / HTTP/1.1\r\nHost: app\r\nX-Forwarded-User: alice\r\n\r\n")
+	if !strings.HasPrefix(st, "503") || up.count() != 0 {
+		t.Fatalf("status %s, %d forwarded", st, up.count())
+	}
+	e.fake.SetFail(nil)
+	e.fake.SetHang(true)
+	st = raw(t, e.addr, "GET / HTTP/1.1\r\nHost: app\r\nX-Forwarded-User: bob\r\n\r\n")
+	if !strings.HasPrefix(st, "503") || up.count() != 0 || time.Since(start) > 3*time.Second {
+		t.Fatalf("hanging backend: status %s, %d forwarded, after %s", st, up.count(), time.Since(start))
+	}
+	e.fake.SetHang(false)
+}
+
+func TestProxyUpstreamDown(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := "http://" + ln.Addr().String()
+	ln.Close()
+	e := newProxyEnv(t, gateway.ProxyConfig{Upstream: dead, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32")})
+	if st := raw(t, e.addr, "GET / HTTP/1.1\r\nHost: app\r\nX-Forwarded-User: alice\r\n\r\n"); !strings.HasPrefix(st, "502") {
+		t.Fatalf("status %s", st)
+	}
+}
+
+// TestAssertionSingleFlight: 100 concurrent requests from one user with an
+// empty cache cause exactly one backend signature.
+func TestAssertionSingleFlight(t *testing.T) {
+	up := newUpstream(t, nil)
+	e := newProxyEnv(t, gateway.ProxyConfig{Upstream: up.URL, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32")})
+	e.fake.SetDelay(100 * time.Millisecond) // a KMS round trip, so that the misses overlap
+	var wg sync.WaitGroup
+	errs := make(chan string, 100)
+	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 100, MaxIdleConnsPerHost: 100}}
+	for i := 0; i < 100; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("GET", "http://"+e.addr+"/", nil)
+			req.Header.Set("X-Forwarded-User", "alice")
+			resp, err := client.Do(req)
+			if err != nil {
+				errs <- err.Error()
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				errs <- resp.Status
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if n := e.fake.Signs.Load(); n != 1 {
+		t.Fatalf("%d backend signatures for 100 concurrent requests of one user, want 1", n)
+	}
+	if up.count() != 100 {
+		t.Fatalf("%d requests forwarded", up.count())
+	}
+	metrics := scrape(t, e)
+	if !strings.Contains(metrics, "kmsgate_assertion_cache_misses_total") || !strings.Contains(metrics, "kmsgate_assertion_cache_hits_total") {
+		t.Fatal("cache metrics missing")
+	}
+}
+
+func scrape(t *testing.T, e *proxyEnv) string {
+	resp, err := http.Get("http://" + e.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func TestProxyRoutes(t *testing.T) {
+	api := newUpstream(t, nil)
+	web := newUpstream(t, nil)
+	other := newUpstream(t, nil)
+	e := newProxyEnv(t, gateway.ProxyConfig{
+		Upstream: other.URL, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32"),
+		Routes: []gateway.Route{
+			{Host: "app.example", Path: "/api/", Upstream: api.URL, Audience: "api.example", Header: "X-Pomerium-Jwt-Assertion"},
+			{Host: "app.example", Upstream: web.URL},
+		},
+	})
+	get := func(host, path string) string {
+		return raw(t, e.addr, "GET "+path+" HTTP/1.1\r\nHost: "+host+"\r\nX-Forwarded-User: alice\r\nX-Pomerium-Jwt-Assertion: forged\r\n\r\n")
+	}
+	if st := get("app.example", "/api/v1/x"); !strings.HasPrefix(st, "200") || api.count() != 1 {
+		t.Fatalf("api route: %s", st)
+	}
+	c := assertionOf(t, e, api.last(t), "X-Pomerium-Jwt-Assertion")
+	if c["aud"].([]string)[0] != "api.example" {
+		t.Fatalf("aud %v", c["aud"])
+	}
+	if api.last(t).Header.Get(gateway.DefaultAssertionHeader) != "" {
+		t.Fatal("route header not honoured")
+	}
+	if st := get("APP.example:8443", "/index.html"); !strings.HasPrefix(st, "200") || web.count() != 1 {
+		t.Fatalf("web route: %s", st)
+	}
+	// The forged X-Pomerium-Jwt-Assertion is stripped on every route.
+	if web.last(t).Header.Get("X-Pomerium-Jwt-Assertion") != "" {
+		t.Fatal("forged header of another route reached the upstream")
+	}
+	if st := get("elsewhere.example", "/"); !strings.HasPrefix(st, "200") || other.count() != 1 {
+		t.Fatalf("catch-all: %s", st)
+	}
+}
+
+func TestForwardAuth(t *testing.T) {
+	e := newProxyEnv(t, gateway.ProxyConfig{Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32"), Header: "X-Pomerium-Jwt-Assertion"})
+	req, _ := http.NewRequest("GET", "http://"+e.addr+"/v1/auth", nil)
+	req.Header.Set("X-Forwarded-User", "alice")
+	req.Header.Set("X-Forwarded-Host", "app.example:443")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	r := &http.Request{Header: resp.Header}
+	c := assertionOf(t, e, r, "X-Pomerium-Jwt-Assertion")
+	if c["aud"].([]string)[0] != "app.example" || c["sub"] != "alice" {
+		t.Fatalf("claims %v", c)
+	}
+	if resp, _ := http.Get("http://" + e.addr + "/v1/auth"); resp.StatusCode != 401 {
+		t.Fatalf("no identity: %d", resp.StatusCode)
+	}
+	// Without routes or --upstream, other paths are not proxied.
+	if resp, _ := http.Get("http://" + e.addr + "/anything"); resp.StatusCode != 404 {
+		t.Fatalf("unrouted path: %d", resp.StatusCode)
+	}
+}
+
+func TestProxyWebSocketAndStreaming(t *testing.T) {
+	release := make(chan struct{})
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "websocket" {
+			if r.Header.Get(gateway.DefaultAssertionHeader) == "" {
+				w.WriteHeader(401)
+				return
+			}
+			conn, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+			brw.Flush()
+			line, _ := brw.ReadString('\n')
+			brw.WriteString("echo: " + line)
+			brw.Flush()
+			return
+		}
+		// Streaming: the first chunk must reach the client before the
+		// handler finishes.
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: first\n\n")
+		http.NewResponseController(w).Flush()
+		<-release
+		fmt.Fprint(w, "data: second\n\n")
+	})
+	e := newProxyEnv(t, gateway.ProxyConfig{Upstream: up.URL, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32")})
+
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: app\r\nX-Forwarded-User: alice\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	io.WriteString(c, "hello\n")
+	line, err := br.ReadString('\n')
+	if err != nil || line != "echo: hello\n" {
+		t.Fatalf("websocket echo: %q %v", line, err)
+	}
+
+	req, _ := http.NewRequest("GET", "http://"+e.addr+"/events", nil)
+	req.Header.Set("X-Forwarded-User", "alice")
+	sresp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sresp.Body.Close()
+	first := make([]byte, len("data: first\n\n"))
+	if _, err := io.ReadFull(sresp.Body, first); err != nil || string(first) != "data: first\n\n" {
+		t.Fatalf("first chunk before the upstream finished: %q %v", first, err)
+	}
+	close(release)
+	rest, _ := io.ReadAll(sresp.Body)
+	if string(rest) != "data: second\n\n" {
+		t.Fatalf("rest %q", rest)
+	}
+}
+
+func TestProxyHTTP2Cleartext(t *testing.T) {
+	up := newUpstream(t, nil)
+	e := newProxyEnv(t, gateway.ProxyConfig{Upstream: up.URL, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32")})
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	client := &http.Client{Transport: &http.Transport{Protocols: &p}}
+	req, _ := http.NewRequest("GET", "http://"+e.addr+"/h2", nil)
+	req.Header.Set("X-Forwarded-User", "alice")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+		t.Fatalf("status %d proto %s", resp.StatusCode, resp.Proto)
+	}
+	assertionOf(t, e, up.last(t), gateway.DefaultAssertionHeader)
+}
+
+// oidcIssuer is a local OIDC provider: discovery document and JWKS on
+// 127.0.0.1, an RSA key to sign ID tokens.
+type oidcIssuer struct {
+	*httptest.Server
+	key *rsa.PrivateKey
+}
+
+func newOIDCIssuer(t *testing.T) *oidcIssuer {
+	k, _ := rsa.GenerateKey(rand.Reader, 2048)
+	o := &oidcIssuer{key: k}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(map[string]any{"issuer": o.URL, "jwks_uri": o.URL + "/jwks", "authorization_endpoint": o.URL + "/auth",
+			"id_token_signing_alg_values_supported": []string{"RS256"}})
+	})
+	mux.HandleFunc("/jwks", func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &k.PublicKey, KeyID: "rsa1", Algorithm: "RS256", Use: "sig"}}})
+	})
+	o.Server = httptest.NewServer(mux)
+	t.Cleanup(o.Close)
+	return o
+}
+
+func (o *oidcIssuer) token(t *testing.T, alg jose.SignatureAlgorithm, key any, claims map[string]any) string {
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "rsa1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.Signed(s).Claims(claims).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func TestOIDCIdentity(t *testing.T) {
+	iss := newOIDCIssuer(t)
+	up := newUpstream(t, nil)
+	e := newProxyEnv(t, gateway.ProxyConfig{Upstream: up.URL, Identity: gateway.SourceOIDC, OIDCIssuer: iss.URL, OIDCAudience: "kmsgate-app"})
+	now := time.Now()
+	good := map[string]any{"iss": iss.URL, "aud": "kmsgate-app", "sub": "u-123", "email": "carol@example.com", "name": "Carol",
+		"preferred_username": "carol", "groups": []string{"admins"}, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+	with := func(k string, v any) map[string]any {
+		c := map[string]any{}
+		for a, b := range good {
+			c[a] = b
+		}
+		c[k] = v
+		return c
+	}
+	get := func(tok string) int {
+		req, _ := http.NewRequest("GET", "http://"+e.addr+"/", nil)
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	goodTok := iss.token(t, jose.RS256, iss.key, good)
+	if s := get(goodTok); s != 200 {
+		t.Fatalf("good token: %d", s)
+	}
+	r := up.last(t)
+	if r.Header.Get("Authorization") != "" {
+		t.Fatal("the original token was forwarded upstream")
+	}
+	c := assertionOf(t, e, r, gateway.DefaultAssertionHeader)
+	if c["sub"] != "u-123" || c["email"] != "carol@example.com" || c["user"] != "carol" || c["name"] != "Carol" {
+		t.Fatalf("claims %v", c)
+	}
+
+	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	bad := map[string]string{
+		"expired":      iss.token(t, jose.RS256, iss.key, with("exp", now.Add(-time.Hour).Unix())),
+		"wrong aud":    iss.token(t, jose.RS256, iss.key, with("aud", "other-app")),
+		"wrong iss":    iss.token(t, jose.RS256, iss.key, with("iss", "https://evil.example")),
+		"HS256":        iss.token(t, jose.HS256, []byte("a-shared-secret-that-is-32-bytes!"), good),
+		"alg none":     noneToken(good),
+		"unknown key":  iss.token(t, jose.ES256, ecKey, good),
+		"not a token":  "garbage",
+		"empty bearer": "",
+	}
+	before := up.count()
+	for name, tok := range bad {
+		if s := get(tok); s != 401 {
+			t.Errorf("%s: %d, want 401", name, s)
+		}
+	}
+	if up.count() != before {
+		t.Fatal("a refused token reached the upstream")
+	}
+}
+
+// noneToken builds an unsigned token by hand: go-jose refuses to make one.
+func noneToken(claims map[string]any) string {
+	h, _ := json.Marshal(map[string]string{"alg": "none", "typ": "JWT", "kid": "rsa1"})
+	p, _ := json.Marshal(claims)
+	enc := base64.RawURLEncoding.EncodeToString
+	return enc(h) + "." + enc(p) + "."
+}
+
+func TestProxyConfigRefused(t *testing.T) {
+	f := &backendtest.Fake{}
+	kr, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{})
+	for name, c := range map[string]struct {
+		pc   gateway.ProxyConfig
+		want string
+	}{
+		"no identity":         {gateway.ProxyConfig{Upstream: "http://127.0.0.1:1"}, "no identity source"},
+		"unknown source":      {gateway.ProxyConfig{Upstream: "http://127.0.0.1:1", Identity: "magic"}, `"magic"`},
+		"headers, no trusted": {gateway.ProxyConfig{Upstream: "http://127.0.0.1:1", Identity: gateway.SourceHeaders}, "--trusted-proxy"},
+		"bad upstream":        {gateway.ProxyConfig{Upstream: "ftp://x", Identity: gateway.SourceClientCert}, "http:// or https://"},
+		"oidc, no issuer":     {gateway.ProxyConfig{Identity: gateway.SourceOIDC}, "--oidc-issuer"},
+		"bad route path":      {gateway.ProxyConfig{Identity: gateway.SourceClientCert, Routes: []gateway.Route{{Path: "api", Upstream: "http://x"}}}, "path must start with /"},
+	} {
+		_, err := gateway.New(context.Background(), gateway.Config{Issuer: issuer, Proxy: c.pc}, kr, nil)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
