@@ -52,7 +52,8 @@ type Route struct {
 	Path string `yaml:"path"`
 	// Upstream is the URL requests are sent to.
 	Upstream string `yaml:"upstream"`
-	// Audience is the assertion's aud; default the upstream's host.
+	// Audience is the assertion's aud; default the upstream's host name
+	// (without port).
 	Audience string `yaml:"audience"`
 	// Header is the assertion header; default --assertion-header.
 	Header string `yaml:"header"`
@@ -115,7 +116,7 @@ func (s *Server) buildProxy(ctx context.Context) (*proxyState, error) {
 			return nil, fmt.Errorf("%s: path must start with /", where)
 		}
 		if r.Audience == "" {
-			r.Audience = u.Host
+			r.Audience = u.Hostname() // like forward-auth: the host without its port
 		}
 		if r.Header == "" {
 			r.Header = pc.Header

@@ -160,6 +160,7 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{})))
 	if s.proxy != nil {
 		e.Any("/v1/auth", s.handleForwardAuth)
+		e.Any("/v1/auth/*", s.handleForwardAuth) // Envoy ext_authz path_prefix appends the original path
 		if len(s.proxy.routes) > 0 {
 			e.Any("/", s.handleProxy)
 			e.Any("/*", s.handleProxy)
