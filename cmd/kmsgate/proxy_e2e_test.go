@@ -133,4 +133,3 @@ func kidOf(t *testing.T, tok string) string {
 	}
 	return h.Kid
 }
-
