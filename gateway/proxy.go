@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -218,6 +219,15 @@ func (p *proxyState) match(r *http.Request) *Route {
 
 type assertionKey struct{}
 
+// bufferPool lends the reverse proxies their copy buffers; without it
+// httputil.ReverseProxy allocates 32 KiB per response.
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
+func (b *bufferPool) Put(v []byte) { b.p.Put(&v) }
+
+var copyBuffers = &bufferPool{p: sync.Pool{New: func() any { v := make([]byte, 32<<10); return &v }}}
+
 // newReverseProxy builds the streaming reverse proxy of one route. It uses
 // Rewrite, which runs after the hop-by-hop headers (and any header named in
 // Connection) have been removed, so the assertion set here always arrives.
@@ -227,7 +237,8 @@ func (s *Server) newReverseProxy(rt *Route) *httputil.ReverseProxy {
 	tr.MaxIdleConns = 4096
 	tr.ForceAttemptHTTP2 = true
 	return &httputil.ReverseProxy{
-		Transport: tr,
+		Transport:  tr,
+		BufferPool: copyBuffers,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(rt.target)
 			pr.Out.Host = ""

@@ -4,7 +4,11 @@
 #   - JWKS throughput against nginx serving the same bytes as a static file,
 #     same wrk settings and connection count; p99 latency at 64 connections;
 #   - sign API tokens/s (PEM key) against a bare ecdsa.Sign loop on all cores;
-#   - resident memory of an idle `kmsgate serve`.
+#   - resident memory of an idle `kmsgate serve`;
+#   - reverse proxy with a warm assertion cache against nginx proxy_pass to
+#     the same upstream, and the p50 it adds over a direct request (1 conn);
+#   - backend signatures in a run with 100 distinct users and 5 min
+#     assertions (USERS_SECONDS, default 60).
 # Usage: scripts/bench.sh [seconds per wrk run, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +29,8 @@ mkdir -p "$W/www/.well-known"
 chmod -R a+rX "$W/www"
 
 NGINX_PORT=$(free_port)
+UP_PORT=$(free_port)
+NPROXY_PORT=$(free_port)
 cat > "$W/nginx.conf" <<CONF
 worker_processes auto;
 pid $W/nginx.pid;
@@ -47,6 +53,21 @@ http {
       add_header Access-Control-Allow-Origin "*";
     }
   }
+  # The app behind both proxies: a small fixed answer.
+  server {
+    listen 127.0.0.1:$UP_PORT;
+    location / { default_type text/plain; return 200 "hello from the app\n"; }
+  }
+  # nginx as the reference reverse proxy to the same app.
+  upstream app { server 127.0.0.1:$UP_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NPROXY_PORT;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
 }
 CONF
 nginx -c "$W/nginx.conf" -p "$W" -g 'daemon off;' &
@@ -65,7 +86,9 @@ clients:
     max_ttl: 1h
 CONF
 "$W/kmsgate" serve --listen "127.0.0.1:$KG_PORT" --issuer "http://127.0.0.1:$KG_PORT" \
-  --key "file://$W/key.pem" --config "$W/kmsgate.yaml" --log-level warn 2> "$W/kmsgate.log" &
+  --key "file://$W/key.pem" --config "$W/kmsgate.yaml" --log-level warn \
+  --upstream "http://127.0.0.1:$UP_PORT" --identity headers --trusted-proxy 127.0.0.1 --assertion-ttl 5m \
+  2> "$W/kmsgate.log" &
 KG_PID=$!
 add_cleanup "kill $KG_PID"
 wait_for_http "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json"
@@ -112,6 +135,35 @@ echo "== bare ecdsa.Sign on all cores (go test -bench, RunParallel)" >&2
 BARE_NS=$(go test -run '^$' -bench '^BenchmarkBareECDSAParallel$' -benchtime "${DUR}s" ./jwks/ | awk '/^BenchmarkBareECDSAParallel/ {print $3}')
 BARE_OPS=$(awk -v ns="$BARE_NS" 'BEGIN {printf "%.0f", 1e9/ns}')
 
+echo "== proxy: direct, nginx proxy_pass and kmsgate (warm cache, one user), ${DUR}s each" >&2
+cat > "$W/user.lua" <<'LUA'
+wrk.headers["X-Forwarded-User"] = "alice"
+LUA
+curl -fs -H 'X-Forwarded-User: alice' -o /dev/null "http://127.0.0.1:$KG_PORT/" # warm the assertion cache
+read -r PD _ _ _ < <(wrk_run "http://127.0.0.1:$UP_PORT/")
+read -r PN PNP50 PNP99 _ < <(wrk_run "http://127.0.0.1:$NPROXY_PORT/")
+read -r PK PKP50 PKP99 PKBAD < <(wrk_run "http://127.0.0.1:$KG_PORT/" "$W/user.lua")
+echo "== added latency: one connection, direct and through kmsgate" >&2
+CONNS_SAVED=$CONNS; THREADS_SAVED=$THREADS; CONNS=1; THREADS=1
+read -r _ LD50 LD99 _ < <(wrk_run "http://127.0.0.1:$UP_PORT/")
+read -r _ LK50 LK99 _ < <(wrk_run "http://127.0.0.1:$KG_PORT/" "$W/user.lua")
+CONNS=$CONNS_SAVED; THREADS=$THREADS_SAVED
+
+USERS_SECONDS=${USERS_SECONDS:-60}
+echo "== 100 distinct users for ${USERS_SECONDS}s through kmsgate (5 min assertions)" >&2
+cat > "$W/users.lua" <<'LUA'
+local i = 0
+request = function()
+  i = (i % 100) + 1
+  return wrk.format("GET", "/", {["X-Forwarded-User"] = "user-" .. i})
+end
+LUA
+signs() { curl -fs "http://127.0.0.1:$KG_PORT/metrics" | awk '/^kmsgate_sign_duration_seconds_count/ {n += $2} END {print n+0}'; }
+SIGNS_BEFORE=$(signs)
+wrk -t$THREADS -c$CONNS -d${USERS_SECONDS}s -s "$W/users.lua" "http://127.0.0.1:$KG_PORT/" > "$W/users.out"
+SIGNS_AFTER=$(signs)
+USERS_REQS=$(awk '/requests in/ {print $1}' "$W/users.out")
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 NG=$(( (N1 + N2) / 2 )); KG=$(( (K1 + K2) / 2 ))
 cat <<REPORT
@@ -125,4 +177,10 @@ sign   kmsgate /v1/sign      : $S1 tokens/s (p50 $SP50 ms, p99 $SP99 ms, non-2xx
 sign   bare ecdsa.Sign       : $BARE_OPS signatures/s on all cores ($BARE_NS ns/op)
 sign   kmsgate / bare        : $(ratio "$S1" "$BARE_OPS")   (target >= 0.50)
 memory idle kmsgate serve RSS: $(( RSS_KB / 1024 )) MiB ($RSS_KB KiB; target < 40 MB)
+proxy  app direct            : $PD req/s
+proxy  nginx proxy_pass      : $PN req/s (p50 $PNP50 ms, p99 $PNP99 ms)
+proxy  kmsgate, warm cache   : $PK req/s (p50 $PKP50 ms, p99 $PKP99 ms, non-2xx $PKBAD)
+proxy  kmsgate / nginx       : $(ratio "$PK" "$PN")   (target >= 0.70)
+proxy  p50 at 1 connection   : direct $LD50 ms, kmsgate $LK50 ms, added $(awk -v a="$LK50" -v b="$LD50" 'BEGIN {printf "%.3f", a-b}') ms   (target <= 0.3 ms)
+proxy  100 users, ${USERS_SECONDS}s       : $USERS_REQS requests, $((SIGNS_AFTER - SIGNS_BEFORE)) backend signatures   (target <= 100)
 REPORT
