@@ -36,9 +36,9 @@ func NewMetrics() *Metrics {
 			Name: "kmsgate_http_requests_total", Help: "HTTP requests by endpoint and status code.",
 		}, []string{"endpoint", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "kmsgate_http_request_duration_seconds", Help: "HTTP request latency by endpoint.",
+			Name: "kmsgate_http_request_duration_seconds", Help: "HTTP request latency by endpoint and status code.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
-		}, []string{"endpoint"}),
+		}, []string{"endpoint", "code"}),
 		sign: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "kmsgate_sign_duration_seconds", Help: "Backend signing latency by backend and key version (kid).",
 			Buckets: []float64{.0001, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
