@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -32,25 +31,12 @@ func tokenHash(tok string) string {
 	return hex.EncodeToString(s[:])
 }
 
-// syncBuffer collects log output from concurrent handlers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 type env struct {
 	fake *backendtest.Fake
 	kr   *jwks.Keyring
 	srv  *gateway.Server
 	http *httptest.Server
-	logs *syncBuffer
+	logs *backendtest.SyncBuffer
 }
 
 func newEnv(t *testing.T, mutate func(*gateway.Config)) *env {
@@ -58,7 +44,7 @@ func newEnv(t *testing.T, mutate func(*gateway.Config)) *env {
 	f := &backendtest.Fake{}
 	f.Add("v1", time.Now().Add(-24*time.Hour))
 	m := gateway.NewMetrics()
-	logs := &syncBuffer{}
+	logs := &backendtest.SyncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	kr, err := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{
 		Prepublish: 2 * time.Hour, Logger: log, OnSign: m.OnSign, OnRefresh: m.OnRefresh,

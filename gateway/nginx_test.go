@@ -58,7 +58,7 @@ http {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(nginx, "-c", cfg, "-p", dir, "-g", "daemon off;")
-	out := &syncBuffer{}
+	out := &backendtest.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

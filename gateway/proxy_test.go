@@ -69,7 +69,7 @@ type proxyEnv struct {
 	kr   *jwks.Keyring
 	srv  *gateway.Server
 	addr string
-	logs *syncBuffer
+	logs *backendtest.SyncBuffer
 }
 
 // newProxyEnv serves the gateway with Server.Serve (HTTP/1.1 and h2c) on
@@ -79,7 +79,7 @@ func newProxyEnv(t *testing.T, pc gateway.ProxyConfig) *proxyEnv {
 	f := &backendtest.Fake{}
 	f.Add("v1", time.Now().Add(-24*time.Hour))
 	m := gateway.NewMetrics()
-	logs := &syncBuffer{}
+	logs := &backendtest.SyncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	kr, err := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{Logger: log, OnSign: m.OnSign})
 	if err != nil {

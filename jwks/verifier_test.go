@@ -224,30 +224,12 @@ func (is *issuer) forge(alg jose.SignatureAlgorithm, key any, headers map[jose.H
 	return is.remember(tok)
 }
 
-// syncBuffer collects log output from concurrent goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // newVerifier makes a verifier of the issuer's JWKS URL with debug logs
 // captured; at the end of the test it is closed and the logs are checked to
 // hold none of the test's tokens.
-func newVerifier(t *testing.T, is *issuer, change func(*jwks.VerifierConfig)) (*jwks.Verifier, *syncBuffer) {
+func newVerifier(t *testing.T, is *issuer, change func(*jwks.VerifierConfig)) (*jwks.Verifier, *backendtest.SyncBuffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &backendtest.SyncBuffer{}
 	cfg := jwks.VerifierConfig{
 		JWKSURL:  is.url(),
 		Issuer:   testIssuer,

@@ -64,21 +64,21 @@ type Gateway struct {
 	// Client talks to the gateway (with TLS settings when given).
 	Client *http.Client
 	cmd    *exec.Cmd
-	stderr *lockedBuffer
+	stderr *SyncBuffer
 	done   chan error
 }
 
-type lockedBuffer struct {
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *SyncBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
-func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+func (l *SyncBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 // FreePort returns a free TCP port on 127.0.0.1.
 func FreePort(t testing.TB) int {
@@ -115,7 +115,7 @@ func StartGatewayNoWait(t testing.TB, extraConfig string, args ...string) *Gatew
 		t.Fatal(err)
 	}
 	full := append([]string{"serve", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--issuer", base, "--config", cfg}, args...)
-	g := &Gateway{URL: base, Token: token, Client: &http.Client{Timeout: 30 * time.Second}, stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	g := &Gateway{URL: base, Token: token, Client: &http.Client{Timeout: 30 * time.Second}, stderr: &SyncBuffer{}, done: make(chan error, 1)}
 	for _, a := range args {
 		if a == "--tls-cert" {
 			g.URL = strings.Replace(base, "http://", "https://", 1)
