@@ -1,0 +1,4 @@
+# No mock_provider: the schema-only provider itself is asked to apply.
+run "apply" {
+  command = apply
+}

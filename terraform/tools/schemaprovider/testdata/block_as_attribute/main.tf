@@ -1,0 +1,7 @@
+resource "google_kms_crypto_key" "k" {
+  name     = "k"
+  key_ring = "projects/p/locations/l/keyRings/r"
+  version_template = {
+    algorithm = "EC_SIGN_P256_SHA256"
+  }
+}
