@@ -498,3 +498,39 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatal("still accepting connections after shutdown")
 	}
 }
+
+// TestJWKSNotServedPartially: with two key URIs, the set is not served until
+// both have loaded, since the missing one may hold the key of live tokens.
+func TestJWKSNotServedPartially(t *testing.T) {
+	signer := &backendtest.Fake{}
+	signer.Add("new", time.Now().Add(-24*time.Hour))
+	old := &backendtest.Fake{}
+	old.Add("old", time.Now().Add(-48*time.Hour))
+	old.SetFail(fmt.Errorf("down: %w", backends.ErrUnavailable))
+	kr, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://new", Backend: signer}, {URI: "fake://old", Backend: old}}, jwks.Config{})
+	srv, err := gateway.New(context.Background(), gateway.Config{Issuer: issuer, Prepublish: time.Hour}, kr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	_ = kr.Refresh(context.Background())
+	get := func() int {
+		r, err := http.Get(hs.URL + "/.well-known/jwks.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body.Close()
+		return r.StatusCode
+	}
+	if s := get(); s != 503 {
+		t.Fatalf("partial set served: %d", s)
+	}
+	old.SetFail(nil)
+	if err := kr.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s := get(); s != 200 || len(kr.State().Plan.Keys) != 2 {
+		t.Fatalf("after both loaded: %d, %d keys", s, len(kr.State().Plan.Keys))
+	}
+}

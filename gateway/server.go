@@ -218,9 +218,10 @@ func (s *Server) handleJWKS(c echo.Context) error {
 	s.metrics.jwksRequests.Inc()
 	h := c.Response().Header()
 	h["Access-Control-Allow-Origin"] = corsAny
-	if !st.Ready && len(st.Plan.Keys) == 0 {
-		// An empty set would be cached by verifiers for max-age: refuse
-		// until the keys have loaded.
+	if !st.Ready {
+		// An empty or partial set (a URI that has not loaded yet may hold
+		// the key that signed live tokens) would be cached by verifiers
+		// for max-age: refuse until every key URI has loaded.
 		h.Set("Retry-After", "2")
 		return fail(c, http.StatusServiceUnavailable, "not_ready", "the key set has not loaded yet")
 	}

@@ -122,8 +122,11 @@ func (k *Keyring) State() *State {
 	st := k.state.Load()
 	if nc := st.Plan.NextChange; !nc.IsZero() && !k.cfg.Clock().Before(nc) {
 		k.mu.Lock()
-		if err := k.replanLocked(); err != nil {
-			k.cfg.Logger.Error("jwks: replan", "err", err)
+		// Another caller may have replanned while this one waited.
+		if cur := k.state.Load().Plan.NextChange; cur.Equal(nc) {
+			if err := k.replanLocked(); err != nil {
+				k.cfg.Logger.Error("jwks: replan", "err", err.Error())
+			}
 		}
 		k.mu.Unlock()
 		st = k.state.Load()
