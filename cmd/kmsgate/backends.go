@@ -4,4 +4,5 @@ package main
 import (
 	_ "github.com/kmsgate/kmsgate/backends/gcpkms"
 	_ "github.com/kmsgate/kmsgate/backends/pem"
+	_ "github.com/kmsgate/kmsgate/backends/vault"
 )
