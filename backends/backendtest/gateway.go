@@ -36,7 +36,9 @@ func Binary(t testing.TB) string {
 			return
 		}
 		root := filepath.Dir(strings.TrimSpace(string(out)))
-		dir, err := os.MkdirTemp("", "kmsgate-bin")
+		// Under scripts/test.sh the binary goes into its work directory,
+		// which is removed at the end of the run.
+		dir, err := os.MkdirTemp(os.Getenv("KMSGATE_TEST_WORK"), "kmsgate-bin")
 		if err != nil {
 			buildErr = err
 			return
