@@ -3,7 +3,6 @@ package main
 // The backends kmsgate can open, each registering its URI scheme.
 import (
 	_ "github.com/kmsgate/kmsgate/backends/awskms"
-	_ "github.com/kmsgate/kmsgate/backends/awskms"
 	_ "github.com/kmsgate/kmsgate/backends/pem"
 	_ "github.com/kmsgate/kmsgate/backends/vault"
 )
