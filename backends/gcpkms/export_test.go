@@ -1,0 +1,18 @@
+package gcpkms
+
+import "time"
+
+// SetTiming changes a backend's timing for tests: the default deadline of a
+// call, the deadline of one attempt, and the pending-version poll interval.
+// Zero leaves a value as it is. Call it before the backend is used.
+func SetTiming(b *Backend, timeout, attemptTimeout, pollInterval time.Duration) {
+	if timeout > 0 {
+		b.timeout = timeout
+	}
+	if attemptTimeout > 0 {
+		b.attemptTimeout = attemptTimeout
+	}
+	if pollInterval > 0 {
+		b.pollInterval = pollInterval
+	}
+}
