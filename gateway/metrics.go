@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +27,31 @@ type Metrics struct {
 	jwksNotModified prometheus.Counter
 	assertionHits   prometheus.Counter
 	assertionMisses prometheus.Counter
+
+	routes sync.Map // routeKey -> routeMetrics, so hot paths skip the label lookups
+}
+
+type routeKey struct {
+	endpoint string
+	status   int
+}
+
+type routeMetrics struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+}
+
+// route returns the request counter and latency histogram of an endpoint
+// and status.
+func (m *Metrics) route(endpoint string, status int) routeMetrics {
+	k := routeKey{endpoint, status}
+	if v, ok := m.routes.Load(k); ok {
+		return v.(routeMetrics)
+	}
+	code := strconv.Itoa(status)
+	r := routeMetrics{requests: m.requests.WithLabelValues(endpoint, code), duration: m.duration.WithLabelValues(endpoint, code)}
+	m.routes.Store(k, r)
+	return r
 }
 
 // NewMetrics registers the gateway's metrics, plus the Go and process

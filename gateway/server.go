@@ -187,9 +187,9 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		status := c.Response().Status
 		took := time.Since(start)
-		code := strconv.Itoa(status)
-		s.metrics.requests.WithLabelValues(endpoint, code).Inc()
-		s.metrics.duration.WithLabelValues(endpoint, code).Observe(took.Seconds())
+		rm := s.metrics.route(endpoint, status)
+		rm.requests.Inc()
+		rm.duration.Observe(took.Seconds())
 		if s.log.Enabled(c.Request().Context(), slog.LevelDebug) {
 			s.log.Debug("request", "method", c.Request().Method, "endpoint", endpoint, "status", status, "took_ms", float64(took.Microseconds())/1000)
 		}
