@@ -85,6 +85,14 @@ type Backend interface {
 	Close() error
 }
 
+// DeadlineBound is implemented by remote backends whose Sign returns by its
+// context's deadline on its own (their tests prove it). The keyring calls
+// such a backend inline; any other remote backend is called from a goroutine
+// it can abandon at the deadline, which costs a scheduling hop per signature.
+type DeadlineBound interface {
+	HonorsDeadline() bool
+}
+
 // Options carries the process-wide settings a backend may use when opened.
 type Options struct {
 	// Logger receives the backend's log lines; never nil after Open.

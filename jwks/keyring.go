@@ -265,7 +265,7 @@ func (k *Keyring) SignJWT(ctx context.Context, claims any) (token, kid string, e
 	b, v := sk.backend, sk.key.Version
 	start := time.Now()
 	var sig []byte
-	if b.Remote() {
+	if db, ok := b.(backends.DeadlineBound); b.Remote() && !(ok && db.HonorsDeadline()) {
 		sig, err = signWithin(ctx, b, v.ID, digest[:])
 	} else {
 		sig, err = b.Sign(ctx, v.ID, digest[:])

@@ -169,6 +169,11 @@ func (b *Backend) Ordering() backends.Ordering { return backends.ByCreation }
 // Remote implements backends.Backend.
 func (b *Backend) Remote() bool { return true }
 
+// HonorsDeadline implements backends.DeadlineBound: every call carries the
+// caller's deadline and retries stop before it, so the keyring may call Sign
+// inline.
+func (b *Backend) HonorsDeadline() bool { return true }
+
 // Close implements backends.Backend; it drops idle connections.
 func (b *Backend) Close() error {
 	if c, ok := b.client.Options().HTTPClient.(*http.Client); ok {

@@ -257,6 +257,11 @@ func (b *Backend) Ordering() backends.Ordering { return backends.ByCreation }
 // Remote implements backends.Backend: Cloud KMS signs outside the process.
 func (b *Backend) Remote() bool { return true }
 
+// HonorsDeadline implements backends.DeadlineBound: every call carries the
+// caller's deadline and retries stop before it, so the keyring may call Sign
+// inline.
+func (b *Backend) HonorsDeadline() bool { return true }
+
 // Name returns the CryptoKey or pinned CryptoKeyVersion resource name.
 func (b *Backend) Name() string { return describe(b.key, b.pinned) }
 

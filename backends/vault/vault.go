@@ -200,6 +200,11 @@ func (b *Backend) Ordering() backends.Ordering { return backends.ByCreation }
 // Remote implements backends.Backend: Vault signs outside this process.
 func (b *Backend) Remote() bool { return true }
 
+// HonorsDeadline implements backends.DeadlineBound: every call carries the
+// caller's deadline and retries stop before it, so the keyring may call Sign
+// inline.
+func (b *Backend) HonorsDeadline() bool { return true }
+
 // Close stops the token renewal and releases idle connections.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
