@@ -249,17 +249,22 @@ func loginError(method string, err error) error {
 	return mapError(what, err)
 }
 
-// invalidate drops the login token tok after Vault refused it, so that the
-// next call logs in again. It reports whether it did: never for a static
-// token, for a token that is no longer the current one, or for one younger
-// than reloginMinAge.
+// invalidate handles Vault refusing the login token tok and reports whether
+// the call should be tried again. A token that has meanwhile been replaced
+// (the background login won the race against its expiry) is retried with the
+// new one; the current token is dropped, so that the next call logs in
+// again, unless it is younger than reloginMinAge (a fresh token that is
+// refused lacks the permission). A static token is never retried.
 func (a *authenticator) invalidate(tok string) bool {
 	if a.login == nil || tok == "" {
 		return false
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.current != tok || time.Since(a.loggedIn) < reloginMinAge {
+	if a.current != tok {
+		return true
+	}
+	if time.Since(a.loggedIn) < reloginMinAge {
 		return false
 	}
 	a.current = ""
