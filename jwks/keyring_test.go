@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,18 +19,6 @@ import (
 	"github.com/kmsgate/kmsgate/backends/pem"
 	"github.com/kmsgate/kmsgate/jwks"
 )
-
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 func header(t *testing.T, token string) jose.Header {
 	t.Helper()
@@ -144,7 +131,7 @@ func TestRemoteSignatureIsVerified(t *testing.T) {
 }
 
 func TestRotationAndLastGoodSet(t *testing.T) {
-	c := &clock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	c := backendtest.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	f := &backendtest.Fake{}
 	f.Add("v1", c.Now().Add(-24*time.Hour))
 	kr, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{Prepublish: 2 * time.Hour, Clock: c.Now})

@@ -1,7 +1,6 @@
 package awskms_test
 
 import (
-	"sync"
 	"testing"
 	"time"
 
@@ -9,15 +8,6 @@ import (
 	"github.com/kmsgate/kmsgate/backends/backendtest"
 	"github.com/kmsgate/kmsgate/jwks"
 )
-
-// fakeClock is a settable clock for the keyring.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *fakeClock) Set(t time.Time) { c.mu.Lock(); c.now = t; c.mu.Unlock() }
 
 // roles returns the keyring's keys as version id -> role.
 func roles(kr *jwks.Keyring) map[string]jwks.Role {
@@ -70,7 +60,7 @@ func TestRotationThroughAliasPrefix(t *testing.T) {
 	a.alias(prefix+"2025-01", *k1.KeyId)
 	uri := hostURI(t, ep, prefix)
 	b := open(t, uri, backends.Options{})
-	clock := &fakeClock{now: time.Now()}
+	clock := backendtest.NewClock(time.Now())
 	kr, err := jwks.NewKeyring([]jwks.Source{{URI: uri, Backend: b}}, jwks.Config{Prepublish: prepublish, Clock: clock.Now})
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,18 +14,6 @@ import (
 	"github.com/kmsgate/kmsgate/backends/gcpkms/fakekms"
 	"github.com/kmsgate/kmsgate/jwks"
 )
-
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // roles returns the published versions of the keyring with their roles.
 func roles(kr *jwks.Keyring) map[string]jwks.Role {
@@ -67,7 +54,7 @@ func jwksKIDs(t *testing.T, doc []byte) []string {
 
 // signAndVerify signs through the keyring and checks the token with an
 // independent library against the served document; it returns the kid.
-func signAndVerify(t *testing.T, kr *jwks.Keyring, clock *fakeClock, sub string) string {
+func signAndVerify(t *testing.T, kr *jwks.Keyring, clock *backendtest.Clock, sub string) string {
 	t.Helper()
 	claims, err := jwks.NewClaims("https://kmsgate.example", clock.Now(), 5*time.Minute, map[string]any{"sub": sub, "aud": "app"})
 	if err != nil {
@@ -94,7 +81,7 @@ func signAndVerify(t *testing.T, kr *jwks.Keyring, clock *fakeClock, sub string)
 // and the old version leaves the JWKS when it is disabled.
 func TestRotation(t *testing.T) {
 	e := newEnv(t)
-	clock := &fakeClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	clock := backendtest.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	e.fake.SetClock(clock.Now)
 	v1 := e.addVersion(fakekms.VersionSpec{Created: clock.Now().Add(-30 * 24 * time.Hour)})
 	b := e.open(keyName, backends.Options{})

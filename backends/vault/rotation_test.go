@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,18 +16,6 @@ import (
 	"github.com/kmsgate/kmsgate/backends/backendtest"
 	"github.com/kmsgate/kmsgate/jwks"
 )
-
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // roles returns the published versions of the keyring with their roles.
 func roles(kr *jwks.Keyring) map[string]jwks.Role {
@@ -69,7 +56,7 @@ func TestRotation(t *testing.T) {
 	uri := "hashivault://" + name
 	e.createKey("transit", name, "ecdsa-p256")
 	b := e.open(uri)
-	clock := &fakeClock{now: time.Now()}
+	clock := backendtest.NewClock(time.Now())
 	const prepublish = 2 * time.Hour
 	kr, err := jwks.NewKeyring([]jwks.Source{{URI: uri, Backend: b}}, jwks.Config{Prepublish: prepublish, Clock: clock.Now, Logger: slog.New(slog.NewTextHandler(e.logs, nil))})
 	if err != nil {
