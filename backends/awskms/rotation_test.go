@@ -9,27 +9,6 @@ import (
 	"github.com/kmsgate/kmsgate/jwks"
 )
 
-// roles returns the keyring's keys as version id -> role.
-func roles(kr *jwks.Keyring) map[string]jwks.Role {
-	out := map[string]jwks.Role{}
-	for _, k := range kr.State().Plan.Keys {
-		out[k.Version.ID] = k.Role
-	}
-	return out
-}
-
-// kidOf returns the kid of a version in the keyring.
-func kidOf(t *testing.T, kr *jwks.Keyring, id string) string {
-	t.Helper()
-	for _, k := range kr.State().Plan.Keys {
-		if k.Version.ID == id {
-			return k.KID
-		}
-	}
-	t.Fatalf("%s is not in the key set", id)
-	return ""
-}
-
 // signAndCheck signs a token through the keyring, checks which kid signed
 // it, and verifies it with the independent verifier against the JWKS served
 // at that moment.
@@ -68,10 +47,10 @@ func TestRotationThroughAliasPrefix(t *testing.T) {
 	if err := kr.Refresh(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
-	if r := roles(kr); len(r) != 1 || r[*k1.Arn] != jwks.RoleActive {
+	if r := backendtest.Roles(kr); len(r) != 1 || r[*k1.Arn] != jwks.RoleActive {
 		t.Fatalf("one key: roles %v, want %s active", r, *k1.Arn)
 	}
-	kid1 := kidOf(t, kr, *k1.Arn)
+	kid1 := backendtest.KIDOf(t, kr, *k1.Arn)
 	signAndCheck(t, kr, kid1)
 
 	// local-kms keeps creation times in whole seconds; the second key must
@@ -86,8 +65,8 @@ func TestRotationThroughAliasPrefix(t *testing.T) {
 	if err := kr.Refresh(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
-	kid2 := kidOf(t, kr, *k2.Arn)
-	if r := roles(kr); r[*k1.Arn] != jwks.RoleActive || r[*k2.Arn] != jwks.RolePending {
+	kid2 := backendtest.KIDOf(t, kr, *k2.Arn)
+	if r := backendtest.Roles(kr); r[*k1.Arn] != jwks.RoleActive || r[*k2.Arn] != jwks.RolePending {
 		t.Fatalf("after the second key: roles %v, want first active, second pending", r)
 	}
 	// The pending key is published before it signs.
@@ -105,7 +84,7 @@ func TestRotationThroughAliasPrefix(t *testing.T) {
 	clock.Set(k2.CreationDate.Add(prepublish - time.Second))
 	signAndCheck(t, kr, kid1)
 	clock.Set(k2.CreationDate.Add(prepublish + time.Second))
-	if r := roles(kr); r[*k1.Arn] != jwks.RoleRetiring || r[*k2.Arn] != jwks.RoleActive {
+	if r := backendtest.Roles(kr); r[*k1.Arn] != jwks.RoleRetiring || r[*k2.Arn] != jwks.RoleActive {
 		t.Fatalf("after --prepublish: roles %v, want first retiring, second active", r)
 	}
 	signAndCheck(t, kr, kid2)
@@ -118,7 +97,7 @@ func TestRotationThroughAliasPrefix(t *testing.T) {
 	if err := kr.Refresh(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
-	if r := roles(kr); len(r) != 1 || r[*k2.Arn] != jwks.RoleActive {
+	if r := backendtest.Roles(kr); len(r) != 1 || r[*k2.Arn] != jwks.RoleActive {
 		t.Fatalf("after disabling the first key: roles %v, want only the second, active", r)
 	}
 	if n := countKeys(t, kr.State().Document.JSON); n != 1 {

@@ -15,26 +15,6 @@ import (
 	"github.com/kmsgate/kmsgate/jwks"
 )
 
-// roles returns the published versions of the keyring with their roles.
-func roles(kr *jwks.Keyring) map[string]jwks.Role {
-	out := map[string]jwks.Role{}
-	for _, k := range kr.State().Plan.Keys {
-		out[k.Version.ID] = k.Role
-	}
-	return out
-}
-
-func kidOf(t *testing.T, kr *jwks.Keyring, id string) string {
-	t.Helper()
-	for _, k := range kr.State().Plan.Keys {
-		if k.Version.ID == id {
-			return k.KID
-		}
-	}
-	t.Fatalf("%s is not published", id)
-	return ""
-}
-
 func jwksKIDs(t *testing.T, doc []byte) []string {
 	t.Helper()
 	var set struct {
@@ -94,7 +74,7 @@ func TestRotation(t *testing.T) {
 	if err := kr.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
-	kid1 := kidOf(t, kr, v1)
+	kid1 := backendtest.KIDOf(t, kr, v1)
 	if got := signAndVerify(t, kr, clock, "alice"); got != kid1 {
 		t.Fatalf("signed with %s, want v1 %s", got, kid1)
 	}
@@ -104,7 +84,7 @@ func TestRotation(t *testing.T) {
 	if err := kr.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if r := roles(kr); len(r) != 1 || r[v1] != jwks.RoleActive {
+	if r := backendtest.Roles(kr); len(r) != 1 || r[v1] != jwks.RoleActive {
 		t.Fatalf("with v2 pending generation: %v", r)
 	}
 
@@ -114,10 +94,10 @@ func TestRotation(t *testing.T) {
 	if err := kr.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if r := roles(kr); len(r) != 2 || r[v1] != jwks.RoleActive || r[v2] != jwks.RolePending {
+	if r := backendtest.Roles(kr); len(r) != 2 || r[v1] != jwks.RoleActive || r[v2] != jwks.RolePending {
 		t.Fatalf("after generation: %v", r)
 	}
-	kid2 := kidOf(t, kr, v2)
+	kid2 := backendtest.KIDOf(t, kr, v2)
 	if kids := jwksKIDs(t, kr.State().Document.JSON); len(kids) != 2 {
 		t.Fatalf("JWKS kids %v", kids)
 	}
@@ -139,7 +119,7 @@ func TestRotation(t *testing.T) {
 	if e.fake.Calls(fakekms.AsymmetricSign) != signs+1 {
 		t.Fatal("the signature did not come from Cloud KMS")
 	}
-	if r := roles(kr); r[v1] != jwks.RoleRetiring || r[v2] != jwks.RoleActive {
+	if r := backendtest.Roles(kr); r[v1] != jwks.RoleRetiring || r[v2] != jwks.RoleActive {
 		t.Fatalf("after --prepublish: %v", r)
 	}
 

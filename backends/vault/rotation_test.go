@@ -17,15 +17,6 @@ import (
 	"github.com/kmsgate/kmsgate/jwks"
 )
 
-// roles returns the published versions of the keyring with their roles.
-func roles(kr *jwks.Keyring) map[string]jwks.Role {
-	out := map[string]jwks.Role{}
-	for _, k := range kr.State().Plan.Keys {
-		out[k.Version.ID] = k.Role
-	}
-	return out
-}
-
 // jwksKIDs returns the kids of a JWKS document, in order.
 func jwksKIDs(t testing.TB, doc []byte) []string {
 	t.Helper()
@@ -94,7 +85,7 @@ func TestRotation(t *testing.T) {
 	}
 	want := func(step string, r map[string]jwks.Role, served ...string) {
 		t.Helper()
-		got := roles(kr)
+		got := backendtest.Roles(kr)
 		if len(got) != len(r) {
 			t.Fatalf("%s: roles %v, want %v", step, got, r)
 		}
