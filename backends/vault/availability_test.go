@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -105,6 +107,7 @@ func TestVaultDown(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	waitStopped(t, p.cmd.Process.Pid)
 	down("frozen")
 	if err := p.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
@@ -117,4 +120,22 @@ func TestVaultDown(t *testing.T) {
 	down("killed")
 	p.start()
 	up("restarted")
+}
+
+// waitStopped waits (up to 5 s) until the kernel reports pid as stopped: a
+// SIGSTOP is delivered asynchronously, and on a busy machine the process may
+// still answer a request right after kill(2) returns.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The state follows the parenthesised command name.
+		if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) && (stat[i+2] == 'T' || stat[i+2] == 't') {
+			return
+		}
+	}
+	t.Fatalf("process %d did not stop after SIGSTOP", pid)
 }
