@@ -48,14 +48,17 @@ func newMinter(kr *jwks.Keyring, issuer string, ttl time.Duration, size int, m *
 }
 
 // mint returns a signed assertion for id and audience, from the cache while
-// it is within assertionReuse of its lifetime.
-func (m *minter) mint(ctx context.Context, id Identity, audience string) (string, error) {
-	key := audience + "\x00" + id.key()
+// it is within assertionReuse of its lifetime. A signature is bounded by
+// timeout.
+func (m *minter) mint(ctx context.Context, timeout time.Duration, id Identity, audience string) (string, error) {
+	key := id.key(audience)
 	if a, ok := m.cache.Get(key); ok && m.now().Before(a.reuseUntil) {
 		m.metrics.assertionHits.Inc()
 		return a.token, nil
 	}
 	m.metrics.assertionMisses.Inc()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	// The shared call must not be cancelled by the first caller leaving;
 	// it is bounded by that caller's deadline instead.
 	v, err, _ := m.flight.Do(key, func() (any, error) {

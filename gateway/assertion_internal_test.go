@@ -25,7 +25,7 @@ func TestAssertionCacheReuseAndEviction(t *testing.T) {
 	ctx := context.Background()
 	alice, bob, carol := Identity{Subject: "alice"}, Identity{Subject: "bob"}, Identity{Subject: "carol"}
 	mint := func(id Identity, aud string) string {
-		tok, err := m.mint(ctx, id, aud)
+		tok, err := m.mint(ctx, time.Minute, id, aud)
 		if err != nil {
 			t.Fatal(err)
 		}

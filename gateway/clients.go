@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
-	"net/http"
 	"path"
 	"slices"
 	"strings"
@@ -91,8 +90,8 @@ func newClientSet(cs []Client) (*clientSet, error) {
 // authenticate returns the client behind a request: a bearer token whose
 // SHA-256 matches, compared in constant time against every configured hash,
 // or else a verified TLS client certificate whose subject matches.
-func (s *clientSet) authenticate(r *http.Request) *Client {
-	if auth := r.Header.Get("Authorization"); auth != "" {
+func (s *clientSet) authenticate(r request) *Client {
+	if auth := r.header("Authorization"); auth != "" {
 		scheme, tok, ok := strings.Cut(auth, " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
 			return nil
@@ -106,8 +105,8 @@ func (s *clientSet) authenticate(r *http.Request) *Client {
 		}
 		return found
 	}
-	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
-		subject := subjectOf(r.TLS.VerifiedChains[0][0])
+	if st := r.tlsState(); st != nil && len(st.VerifiedChains) > 0 && len(st.VerifiedChains[0]) > 0 {
+		subject := subjectOf(st.VerifiedChains[0][0])
 		for _, c := range s.clients {
 			if c.CertSubject != "" && c.CertSubject == subject {
 				return c

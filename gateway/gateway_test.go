@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -35,7 +34,7 @@ type env struct {
 	fake *backendtest.Fake
 	kr   *jwks.Keyring
 	srv  *gateway.Server
-	http *httptest.Server
+	url  string
 	logs *backendtest.SyncBuffer
 }
 
@@ -67,9 +66,7 @@ func newEnv(t *testing.T, mutate func(*gateway.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(srv)
-	t.Cleanup(hs.Close)
-	e := &env{fake: f, kr: kr, srv: srv, http: hs, logs: logs}
+	e := &env{fake: f, kr: kr, srv: srv, url: serve(t, srv), logs: logs}
 	t.Cleanup(func() { e.checkLogs(t) })
 	return e
 }
@@ -93,14 +90,14 @@ func (e *env) refresh(t *testing.T) {
 
 func (e *env) do(t *testing.T, method, path string, body string, hdr map[string]string) *http.Response {
 	t.Helper()
-	req, err := http.NewRequest(method, e.http.URL+path, strings.NewReader(body))
+	req, err := http.NewRequest(method, e.url+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
-	resp, err := e.http.Client().Do(req)
+	resp, err := testClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -512,11 +509,10 @@ func TestJWKSNotServedPartially(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(srv)
-	defer hs.Close()
+	url := serve(t, srv)
 	_ = kr.Refresh(context.Background())
 	get := func() int {
-		r, err := http.Get(hs.URL + "/.well-known/jwks.json")
+		r, err := testClient.Get(url + "/.well-known/jwks.json")
 		if err != nil {
 			t.Fatal(err)
 		}

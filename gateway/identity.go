@@ -2,14 +2,13 @@ package gateway
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
+	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,13 +25,28 @@ type Identity struct {
 	Name    string
 }
 
-// key returns a stable digest of the identity, for the assertion cache.
-func (id Identity) key() string {
-	h := sha256.New()
-	for _, s := range append([]string{id.Subject, id.User, id.Email, id.Name}, id.Groups...) {
-		fmt.Fprintf(h, "%d:%s|", len(s), s)
+// key returns the assertion cache's key of the identity and an audience:
+// every field, length-prefixed so that no two identities share a key.
+func (id Identity) key(audience string) string {
+	n := len(audience) + len(id.Subject) + len(id.User) + len(id.Email) + len(id.Name) + 8*(5+len(id.Groups))
+	for _, g := range id.Groups {
+		n += len(g)
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	b := make([]byte, 0, n)
+	add := func(s string) {
+		b = strconv.AppendInt(b, int64(len(s)), 10)
+		b = append(b, ':')
+		b = append(b, s...)
+	}
+	add(audience)
+	add(id.Subject)
+	add(id.User)
+	add(id.Email)
+	add(id.Name)
+	for _, g := range id.Groups {
+		add(g)
+	}
+	return string(b)
 }
 
 // Identity source names, for --identity and a route's identity.
@@ -51,7 +65,43 @@ var (
 
 // identitySource establishes the identity behind a request.
 type identitySource interface {
-	identify(r *http.Request) (Identity, error)
+	identify(r request) (Identity, error)
+}
+
+// request is what an identity source reads from a request, whichever HTTP
+// server (net/http for HTTP/2, fasthttp for HTTP/1.x) received it.
+type request interface {
+	context() context.Context
+	// header returns the first value of a header, by canonical name.
+	header(name string) string
+	// headerValues returns every value of a header, by canonical name.
+	headerValues(name string) []string
+	// hasAnyHeader reports whether any variant of names is present (any
+	// letter case, "_" for "-").
+	hasAnyHeader(names []string) bool
+	// peer is the address of the connection's other end.
+	peer() netip.Addr
+	// tlsState is the connection's TLS state, nil without TLS.
+	tlsState() *tls.ConnectionState
+}
+
+// httpRequest is a net/http request seen by identity sources.
+type httpRequest struct{ r *http.Request }
+
+func (h httpRequest) context() context.Context          { return h.r.Context() }
+func (h httpRequest) header(name string) string         { return h.r.Header.Get(name) }
+func (h httpRequest) headerValues(name string) []string { return h.r.Header.Values(name) }
+func (h httpRequest) hasAnyHeader(names []string) bool  { return hasAnyHeader(h.r.Header, names) }
+func (h httpRequest) tlsState() *tls.ConnectionState    { return h.r.TLS }
+func (h httpRequest) peer() netip.Addr                  { return peerOf(h.r.RemoteAddr) }
+
+// peerOf parses a host:port remote address; the zero Addr when it is not one.
+func peerOf(remote string) netip.Addr {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
 }
 
 // forwardedIdentityHeaders are oauth2-proxy's identity headers, trusted only
@@ -63,20 +113,20 @@ var forwardedIdentityHeaders = []string{"X-Forwarded-User", "X-Forwarded-Email",
 // -Preferred-Username, accepting them only from trusted addresses.
 type headerSource struct{ trusted []netip.Prefix }
 
-func (s headerSource) identify(r *http.Request) (Identity, error) {
-	if !isTrusted(r, s.trusted) {
-		if hasAnyHeader(r.Header, forwardedIdentityHeaders) {
+func (s headerSource) identify(r request) (Identity, error) {
+	if !isTrusted(r.peer(), s.trusted) {
+		if r.hasAnyHeader(forwardedIdentityHeaders) {
 			return Identity{}, errSpoofed
 		}
 		return Identity{}, errNoIdentity
 	}
 	id := Identity{
-		Subject: r.Header.Get("X-Forwarded-User"),
-		User:    r.Header.Get("X-Forwarded-User"),
-		Email:   r.Header.Get("X-Forwarded-Email"),
-		Name:    r.Header.Get("X-Forwarded-Preferred-Username"),
+		Subject: r.header("X-Forwarded-User"),
+		User:    r.header("X-Forwarded-User"),
+		Email:   r.header("X-Forwarded-Email"),
+		Name:    r.header("X-Forwarded-Preferred-Username"),
 	}
-	for _, v := range r.Header.Values("X-Forwarded-Groups") {
+	for _, v := range r.headerValues("X-Forwarded-Groups") {
 		for _, g := range strings.Split(v, ",") {
 			if g = strings.TrimSpace(g); g != "" {
 				id.Groups = append(id.Groups, g)
@@ -92,21 +142,12 @@ func (s headerSource) identify(r *http.Request) (Identity, error) {
 	return id, nil
 }
 
-// isTrusted reports whether the request's peer address is in one of the
-// trusted prefixes.
-func isTrusted(r *http.Request, trusted []netip.Prefix) bool {
-	if len(trusted) == 0 {
+// isTrusted reports whether a peer address is in one of the trusted
+// prefixes.
+func isTrusted(ip netip.Addr, trusted []netip.Prefix) bool {
+	if len(trusted) == 0 || !ip.IsValid() {
 		return false
 	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return false
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return false
-	}
-	ip = ip.Unmap()
 	return slices.ContainsFunc(trusted, func(p netip.Prefix) bool { return p.Contains(ip) })
 }
 
@@ -134,13 +175,13 @@ func newOIDCSource(ctx context.Context, issuer, audience string) (*oidcSource, e
 	return &oidcSource{verifier: v}, nil
 }
 
-func (s *oidcSource) identify(r *http.Request) (Identity, error) {
-	auth := r.Header.Get("Authorization")
+func (s *oidcSource) identify(r request) (Identity, error) {
+	auth := r.header("Authorization")
 	scheme, raw, ok := strings.Cut(auth, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || raw == "" {
 		return Identity{}, errNoIdentity
 	}
-	tok, err := s.verifier.Verify(r.Context(), strings.TrimSpace(raw))
+	tok, err := s.verifier.Verify(r.context(), strings.TrimSpace(raw))
 	if err != nil {
 		return Identity{}, fmt.Errorf("%w: %v", errNoIdentity, err)
 	}
@@ -175,11 +216,12 @@ func (s *oidcSource) identify(r *http.Request) (Identity, error) {
 // email SAN, groups its organizational units.
 type certSource struct{}
 
-func (certSource) identify(r *http.Request) (Identity, error) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
+func (certSource) identify(r request) (Identity, error) {
+	st := r.tlsState()
+	if st == nil || len(st.VerifiedChains) == 0 || len(st.VerifiedChains[0]) == 0 {
 		return Identity{}, errNoIdentity
 	}
-	c := r.TLS.VerifiedChains[0][0]
+	c := st.VerifiedChains[0][0]
 	id := Identity{Subject: c.Subject.String(), User: c.Subject.CommonName, Name: c.Subject.CommonName, Groups: c.Subject.OrganizationalUnit}
 	if len(c.EmailAddresses) > 0 {
 		id.Email = c.EmailAddresses[0]

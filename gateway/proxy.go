@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/valyala/fasthttp"
 )
 
 // DefaultAssertionHeader is the request header that carries the signed
@@ -63,7 +64,8 @@ type Route struct {
 
 	target *url.URL
 	source identitySource
-	proxy  *httputil.ReverseProxy
+	proxy  *httputil.ReverseProxy // HTTP/2 and upgrades, through echo
+	fast   *fasthttp.HostClient   // HTTP/1.x, from the fasthttp front
 }
 
 // proxyState is the built form of ProxyConfig.
@@ -135,6 +137,7 @@ func (s *Server) buildProxy(ctx context.Context) (*proxyState, error) {
 			p.headerNames = append(p.headerNames, r.Header)
 		}
 		r.proxy = s.newReverseProxy(r)
+		r.fast = newUpstreamClient(u)
 	}
 	if !slices.Contains(p.headerNames, pc.Header) {
 		p.headerNames = append(p.headerNames, pc.Header)
@@ -201,8 +204,10 @@ func (s *Server) buildProxy(ctx context.Context) (*proxyState, error) {
 }
 
 // match returns the route for a request, or nil.
-func (p *proxyState) match(r *http.Request) *Route {
-	host := r.Host
+func (p *proxyState) match(r *http.Request) *Route { return p.matchHostPath(r.Host, r.URL.Path) }
+
+// matchHostPath returns the route for a Host header and a path, or nil.
+func (p *proxyState) matchHostPath(host, path string) *Route {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
@@ -210,7 +215,7 @@ func (p *proxyState) match(r *http.Request) *Route {
 		if rt.Host != "" && !strings.EqualFold(rt.Host, host) {
 			continue
 		}
-		if rt.Path == "/" || r.URL.Path == strings.TrimSuffix(rt.Path, "/") || strings.HasPrefix(r.URL.Path, rt.Path) {
+		if rt.Path == "/" || path == strings.TrimSuffix(rt.Path, "/") || strings.HasPrefix(path, rt.Path) {
 			return rt
 		}
 	}
@@ -242,7 +247,7 @@ func (s *Server) newReverseProxy(rt *Route) *httputil.ReverseProxy {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(rt.target)
 			pr.Out.Host = ""
-			if isTrusted(pr.In, s.proxy.trusted) && pr.In.Header.Get("X-Forwarded-For") != "" {
+			if isTrusted(peerOf(pr.In.RemoteAddr), s.proxy.trusted) && pr.In.Header.Get("X-Forwarded-For") != "" {
 				// Keep the chain of a trusted proxy in front.
 				pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
 				pr.SetXForwarded()
@@ -251,7 +256,7 @@ func (s *Server) newReverseProxy(rt *Route) *httputil.ReverseProxy {
 				pr.SetXForwarded()
 			}
 			deleteHeaders(pr.Out.Header, s.proxy.headerNames...)
-			if !isTrusted(pr.In, s.proxy.trusted) {
+			if !isTrusted(peerOf(pr.In.RemoteAddr), s.proxy.trusted) {
 				deleteHeaders(pr.Out.Header, forwardedIdentityHeaders...)
 			}
 			if rt.Identity == SourceOIDC {
@@ -275,7 +280,7 @@ func (s *Server) newReverseProxy(rt *Route) *httputil.ReverseProxy {
 // identify runs the route's identity source and answers 401 or 403 when
 // it finds no acceptable identity; ok is false when it answered.
 func (s *Server) identify(c echo.Context, src identitySource, name string) (Identity, bool, error) {
-	id, err := src.identify(c.Request())
+	id, err := src.identify(httpRequest{c.Request()})
 	switch {
 	case err == nil:
 		return id, true, nil
@@ -292,9 +297,7 @@ func (s *Server) identify(c echo.Context, src identitySource, name string) (Iden
 
 // mintFor signs (or reuses) the assertion within the request deadline.
 func (s *Server) mintFor(c echo.Context, id Identity, audience string) (string, bool, error) {
-	ctx, cancel := context.WithTimeout(c.Request().Context(), s.cfg.RequestTimeout)
-	defer cancel()
-	tok, err := s.proxy.minter.mint(ctx, id, audience)
+	tok, err := s.proxy.minter.mint(c.Request().Context(), s.cfg.RequestTimeout, id, audience)
 	if err != nil {
 		s.log.Warn("assertion not signed; request refused", "audience", audience, "err", err.Error())
 		return "", false, backendFailure(c, err)

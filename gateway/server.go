@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -15,6 +14,8 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/kmsgate/kmsgate/backends"
 	"github.com/kmsgate/kmsgate/jwks"
@@ -58,9 +59,11 @@ type Server struct {
 	echo    *echo.Echo
 	proxy   *proxyState
 
-	cacheControl []string
-	discovery    []byte
-	discoveryTag string
+	cacheControl      []string
+	cacheControlBytes []byte
+	adaptor           fasthttp.RequestHandler // HTTP/1.x requests to the echo routes
+	discovery         []byte
+	discoveryTag      string
 }
 
 // New validates cfg and builds the server over a keyring. m may be nil. ctx
@@ -118,7 +121,13 @@ func New(ctx context.Context, cfg Config, kr *jwks.Keyring, m *Metrics) (*Server
 	if s.proxy, err = s.buildProxy(ctx); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	s.cacheControlBytes = []byte(s.cacheControl[0])
 	s.echo = s.routes()
+	// fasthttp's request context ends when the server shuts down; in-flight
+	// requests must finish, so echo sees a context without that end.
+	s.adaptor = fasthttpadaptor.NewFastHTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.echo.ServeHTTP(w, r.WithContext(context.WithoutCancel(r.Context())))
+	}))
 	return s, nil
 }
 
@@ -139,7 +148,15 @@ func (s *Server) Echo() *echo.Echo { return s.echo }
 func (s *Server) Metrics() *Metrics { return s.metrics }
 
 // ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.echo.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.TLS == nil {
+		// A TLS connection the fasthttp front handed off.
+		if st, ok := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState); ok {
+			r.TLS = st
+		}
+	}
+	s.echo.ServeHTTP(w, r)
+}
 
 func (s *Server) routes() *echo.Echo {
 	e := echo.New()
@@ -154,7 +171,7 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/.well-known/openid-configuration", s.handleDiscovery)
 	e.HEAD("/.well-known/openid-configuration", s.handleDiscovery)
 	e.OPTIONS("/.well-known/openid-configuration", s.handlePreflight)
-	e.POST("/v1/sign", s.handleSign, s.deadline)
+	e.POST("/v1/sign", s.handleSign)
 	e.GET("/healthz", s.handleHealth)
 	e.GET("/readyz", s.handleReady)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{})))
@@ -194,16 +211,6 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 			s.log.Debug("request", "method", c.Request().Method, "endpoint", endpoint, "status", status, "took_ms", float64(took.Microseconds())/1000)
 		}
 		return nil
-	}
-}
-
-// deadline bounds a request's context by the request timeout.
-func (s *Server) deadline(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		ctx, cancel := context.WithTimeout(c.Request().Context(), s.cfg.RequestTimeout)
-		defer cancel()
-		c.SetRequest(c.Request().WithContext(ctx))
-		return next(c)
 	}
 }
 
@@ -293,41 +300,4 @@ func (s *Server) handleReady(c echo.Context) error {
 		}
 	}
 	return c.JSON(http.StatusServiceUnavailable, map[string]any{"status": "not ready", "not_loaded": missing})
-}
-
-// Serve answers on ln until ctx ends, then shuts down gracefully: it stops
-// accepting connections and lets in-flight requests finish for up to grace.
-// With tlsCfg the listener serves TLS.
-func (s *Server) Serve(ctx context.Context, ln net.Listener, tlsCfg *tls.Config, grace time.Duration) error {
-	srv := &http.Server{
-		Handler:           s,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
-	}
-	srv.Protocols = new(http.Protocols)
-	srv.Protocols.SetHTTP1(true)
-	srv.Protocols.SetHTTP2(true)
-	srv.Protocols.SetUnencryptedHTTP2(true) // h2c with prior knowledge, for proxies in front
-	if tlsCfg != nil {
-		ln = tls.NewListener(ln, tlsCfg)
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("gateway: serve: %w", err)
-	case <-ctx.Done():
-	}
-	s.log.Info("shutting down; letting in-flight requests finish", "grace", grace.String())
-	sctx, cancel := context.WithTimeout(context.Background(), grace)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("gateway: shutdown: %w", err)
-	}
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("gateway: serve: %w", err)
-	}
-	return nil
 }

@@ -2,16 +2,20 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/valyala/fasthttp"
 
+	"github.com/kmsgate/kmsgate/backends"
 	"github.com/kmsgate/kmsgate/jwks"
 )
 
@@ -27,10 +31,11 @@ type signRequest struct {
 // defaultTTL is the lifetime of a signed token when the request names none.
 const defaultTTL = 5 * time.Minute
 
+// handleSign answers POST /v1/sign for the net/http server.
 func (s *Server) handleSign(c echo.Context) error {
 	r := c.Request()
 	c.Response().Header().Set("Cache-Control", "no-store")
-	client := s.clients.authenticate(r)
+	client := s.clients.authenticate(httpRequest{r})
 	if client == nil {
 		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="kmsgate"`)
 		return fail(c, http.StatusUnauthorized, "unauthenticated", "a valid bearer token or client certificate is required")
@@ -39,47 +44,99 @@ func (s *Server) handleSign(c echo.Context) error {
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return fail(c, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("request body is larger than %d bytes", s.cfg.MaxBody))
+			return fail(c, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("the request body is larger than %d bytes", s.cfg.MaxBody))
 		}
 		return fail(c, http.StatusBadRequest, "malformed", "could not read the request body")
 	}
+	a := s.sign(r.Context(), client, body)
+	if a.retryAfter > 0 {
+		c.Response().Header().Set("Retry-After", strconv.Itoa(a.retryAfter))
+	}
+	return c.Blob(a.status, echo.MIMEApplicationJSON, a.body)
+}
+
+// fastSign answers POST /v1/sign for the fasthttp server.
+func (s *Server) fastSign(ctx *fasthttp.RequestCtx) {
+	rq := fastRequest{ctx}
+	client := s.clients.authenticate(rq)
+	if client == nil {
+		fastFail(ctx, http.StatusUnauthorized, "unauthenticated", "a valid bearer token or client certificate is required")
+		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="kmsgate"`)
+		ctx.Response.Header.Set("Cache-Control", "no-store")
+		return
+	}
+	if !s.boundBody(ctx) {
+		return
+	}
+	a := s.sign(rq.context(), client, ctx.PostBody())
+	ctx.SetStatusCode(a.status)
+	ctx.SetContentTypeBytes(jsonContentTypeBytes)
+	ctx.Response.Header.Set("Cache-Control", "no-store")
+	if a.retryAfter > 0 {
+		ctx.Response.Header.Set("Retry-After", strconv.Itoa(a.retryAfter))
+	}
+	ctx.SetBody(a.body)
+}
+
+// signAnswer is the outcome of a sign request: a status and its JSON body.
+type signAnswer struct {
+	status     int
+	body       []byte
+	retryAfter int // seconds; 0 for none
+}
+
+func refuse(status int, code, msg string) signAnswer {
+	return signAnswer{status: status, body: errorJSON(code, msg)}
+}
+
+// sign checks an authenticated client's request body against its policy
+// and signs the token within the request timeout.
+func (s *Server) sign(ctx context.Context, client *Client, body []byte) signAnswer {
 	var req signRequest
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	dec.UseNumber()
 	if err := dec.Decode(&req); err != nil {
-		return fail(c, http.StatusBadRequest, "malformed", "body must be a JSON object {\"claims\": {...}, \"ttl\": \"5m\"}: "+err.Error())
+		return refuse(http.StatusBadRequest, "malformed", "body must be a JSON object {\"claims\": {...}, \"ttl\": \"5m\"}: "+err.Error())
 	}
 	if dec.More() {
-		return fail(c, http.StatusBadRequest, "malformed", "body has data after the JSON object")
+		return refuse(http.StatusBadRequest, "malformed", "body has data after the JSON object")
 	}
 	ttl, err := parseTTL(req.TTL)
 	if err != nil {
-		return fail(c, http.StatusBadRequest, "malformed", err.Error())
+		return refuse(http.StatusBadRequest, "malformed", err.Error())
 	}
 	if ttl > client.MaxTTL {
-		return fail(c, http.StatusForbidden, "ttl_not_allowed", fmt.Sprintf("ttl %s is longer than this client's max_ttl %s", ttl, client.MaxTTL))
+		return refuse(http.StatusForbidden, "ttl_not_allowed", fmt.Sprintf("ttl %s is longer than this client's max_ttl %s", ttl, client.MaxTTL))
 	}
 	for _, name := range jwks.Reserved {
 		if _, ok := req.Claims[name]; ok {
-			return fail(c, http.StatusBadRequest, "reserved_claim", fmt.Sprintf("claim %q is set by the gateway and may not be given", name))
+			return refuse(http.StatusBadRequest, "reserved_claim", fmt.Sprintf("claim %q is set by the gateway and may not be given", name))
 		}
 	}
 	if status, code, msg := checkPolicy(client, req.Claims); status != 0 {
-		return fail(c, status, code, msg)
+		return refuse(status, code, msg)
 	}
 	now := time.Now()
 	claims, err := jwks.NewClaims(s.cfg.Issuer, now, ttl, req.Claims)
 	if err != nil {
-		return fail(c, http.StatusBadRequest, "malformed", err.Error())
+		return refuse(http.StatusBadRequest, "malformed", err.Error())
 	}
-	tok, kid, err := s.keys.SignJWT(r.Context(), claims)
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	tok, kid, err := s.keys.SignJWT(ctx, claims)
 	if err != nil {
 		s.log.Warn("sign failed", "client", client.Name, "kid", kid, "err", err.Error())
-		return backendFailure(c, err)
+		kind := backends.Kind(err)
+		a := refuse(http.StatusServiceUnavailable, "backend_"+kind, "the signing backend could not sign now ("+kind+"); retry later")
+		a.retryAfter = 5
+		if errors.Is(err, backends.ErrThrottled) {
+			a.status, a.retryAfter = http.StatusTooManyRequests, 1
+		}
+		return a
 	}
 	s.log.Debug("signed", "client", client.Name, "kid", kid, "sub", claims["sub"])
-	return writeSignResponse(c, tok, kid, now.Add(ttl))
+	return signAnswer{status: http.StatusOK, body: signResponse(tok, kid, now.Add(ttl))}
 }
 
 // checkPolicy applies the client's policy to the requested claims and
@@ -162,11 +219,11 @@ func parseTTL(raw json.RawMessage) (time.Duration, error) {
 	return d, nil
 }
 
-// writeSignResponse writes the answer of POST /v1/sign,
+// signResponse is the answer of POST /v1/sign,
 // {"token": …, "kid": …, "expires_at": …}, without reflection: token
 // and kid are base64url and dots, and the time is RFC 3339, so none needs
 // escaping.
-func writeSignResponse(c echo.Context, token, kid string, exp time.Time) error {
+func signResponse(token, kid string, exp time.Time) []byte {
 	b := make([]byte, 0, len(token)+len(kid)+80)
 	b = append(b, `{"token":"`...)
 	b = append(b, token...)
@@ -175,5 +232,5 @@ func writeSignResponse(c echo.Context, token, kid string, exp time.Time) error {
 	b = append(b, `","expires_at":"`...)
 	b = exp.UTC().AppendFormat(b, time.RFC3339)
 	b = append(b, `"}`...)
-	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, b)
+	return b
 }

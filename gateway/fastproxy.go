@@ -1,0 +1,279 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"iter"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/kmsgate/kmsgate/backends"
+)
+
+// newUpstreamClient returns the HTTP/1.1 client of one route's upstream for
+// the fasthttp front: kept-alive connections, response bodies streamed as
+// they arrive.
+func newUpstreamClient(u *url.URL) *fasthttp.HostClient {
+	addr := u.Host
+	if u.Port() == "" {
+		port := "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+		addr = net.JoinHostPort(u.Hostname(), port)
+	}
+	return &fasthttp.HostClient{
+		Addr:                     addr,
+		IsTLS:                    u.Scheme == "https",
+		TLSConfig:                &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12},
+		MaxConns:                 4096,
+		MaxIdleConnDuration:      90 * time.Second,
+		ReadBufferSize:           maxHeaderBytes,
+		StreamResponseBody:       true,
+		NoDefaultUserAgentHeader: true,
+		DialTimeout: func(addr string, timeout time.Duration) (net.Conn, error) {
+			return fasthttp.DialTimeout(addr, 10*time.Second)
+		},
+	}
+}
+
+// hopHeaders are the hop-by-hop headers a proxy must not forward (RFC 9110
+// 7.6.1); fasthttp frames the message (Transfer-Encoding, Content-Length)
+// itself.
+var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Upgrade"}
+
+// headerSet is what fasthttp's request and response headers share.
+type headerSet interface {
+	All() iter.Seq2[[]byte, []byte]
+	Del(key string)
+}
+
+// removeHopHeaders deletes the hop-by-hop headers and every header the
+// Connection header names, in one pass over the header.
+func removeHopHeaders(h headerSet) {
+	var del []string
+	for k, v := range h.All() {
+		for _, n := range hopHeaders {
+			if !sameHeaderName(k, n) {
+				continue
+			}
+			del = append(del, string(k))
+			if n == "Connection" {
+				for _, name := range strings.Split(string(v), ",") {
+					if name = strings.TrimSpace(name); name != "" && !strings.EqualFold(name, "close") && !strings.EqualFold(name, "keep-alive") {
+						del = append(del, name)
+					}
+				}
+			}
+			break
+		}
+	}
+	for _, k := range del {
+		h.Del(k)
+	}
+}
+
+// sameHeaderName reports whether a header name is a variant of want: equal
+// ignoring letter case, with "_" taken for "-".
+func sameHeaderName(name []byte, want string) bool {
+	if len(name) != len(want) {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		a, b := name[i], want[i]
+		if a == '_' {
+			a = '-'
+		}
+		if b == '_' {
+			b = '-'
+		}
+		if 'A' <= a && a <= 'Z' {
+			a += 'a' - 'A'
+		}
+		if 'A' <= b && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		if a != b {
+			return false
+		}
+	}
+	return true
+}
+
+// stripVariants removes every variant of names from a request header, with
+// all their values.
+func stripVariants(h *fasthttp.RequestHeader, names ...string) {
+	var del []string
+	for k := range h.All() {
+		for _, n := range names {
+			if sameHeaderName(k, n) {
+				del = append(del, string(k))
+				break
+			}
+		}
+	}
+	for _, k := range del {
+		h.Del(k)
+	}
+}
+
+// fastRequest is a fasthttp request seen by identity sources.
+type fastRequest struct{ ctx *fasthttp.RequestCtx }
+
+// context is the request's context; fasthttp's ends at shutdown, when
+// in-flight requests must still finish, so that end is dropped.
+func (f fastRequest) context() context.Context  { return context.WithoutCancel(f.ctx) }
+func (f fastRequest) header(name string) string { return string(f.ctx.Request.Header.Peek(name)) }
+
+func (f fastRequest) headerValues(name string) []string {
+	var vs []string
+	for _, v := range f.ctx.Request.Header.PeekAll(name) {
+		vs = append(vs, string(v))
+	}
+	return vs
+}
+
+func (f fastRequest) hasAnyHeader(names []string) bool {
+	for k := range f.ctx.Request.Header.All() {
+		for _, n := range names {
+			if sameHeaderName(k, n) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (f fastRequest) peer() netip.Addr {
+	ip, _ := netip.AddrFromSlice(f.ctx.RemoteIP())
+	return ip.Unmap()
+}
+
+func (f fastRequest) tlsState() *tls.ConnectionState { return f.ctx.TLSConnectionState() }
+
+var httpScheme, httpsScheme = []byte("http"), []byte("https")
+
+// fastProxy forwards an HTTP/1.x request to its route's upstream with a
+// signed assertion, or refuses it: 404 without a route, 401/403 without an
+// acceptable identity, 503 when the assertion cannot be signed, 502 when
+// the upstream fails. It does what handleProxy and the route's
+// httputil.ReverseProxy do for HTTP/2.
+func (s *Server) fastProxy(ctx *fasthttp.RequestCtx) {
+	req := &ctx.Request
+	h := &req.Header
+	stripVariants(h, s.proxy.headerNames...)
+	host := string(h.Host())
+	rt := s.proxy.matchHostPath(host, string(ctx.Path()))
+	if rt == nil {
+		fastFail(ctx, http.StatusNotFound, "no_route", "no route for this host and path")
+		return
+	}
+	rq := fastRequest{ctx}
+	id, err := rt.source.identify(rq)
+	switch {
+	case errors.Is(err, errSpoofed):
+		fastFail(ctx, http.StatusForbidden, "untrusted_identity", "identity headers are only accepted from a trusted proxy")
+		return
+	case err != nil:
+		s.log.Debug("no acceptable identity", "source", rt.Identity, "reason", err.Error())
+		fastFail(ctx, http.StatusUnauthorized, "unauthenticated", "no acceptable identity ("+rt.Identity+")")
+		if rt.Identity == SourceOIDC {
+			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="kmsgate"`)
+		}
+		return
+	}
+	tok, err := s.proxy.minter.mint(rq.context(), s.cfg.RequestTimeout, id, rt.Audience)
+	if err != nil {
+		s.log.Warn("assertion not signed; request refused", "audience", rt.Audience, "err", err.Error())
+		fastBackendFailure(ctx, err)
+		return
+	}
+
+	clientClose := h.ConnectionClose()
+	removeHopHeaders(h)
+	h.ResetConnectionClose()
+	trusted := isTrusted(rq.peer(), s.proxy.trusted)
+	xff := ""
+	if trusted {
+		for _, v := range h.PeekAll("X-Forwarded-For") {
+			if xff != "" {
+				xff += ", "
+			}
+			xff += string(v)
+		}
+	}
+	stripVariants(h, "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto")
+	if !trusted {
+		stripVariants(h, forwardedIdentityHeaders...)
+	}
+	if xff != "" {
+		xff += ", "
+	}
+	h.Set("X-Forwarded-For", xff+rq.peer().String())
+	h.Set("X-Forwarded-Host", host)
+	if ctx.IsTLS() {
+		h.SetBytesV("X-Forwarded-Proto", httpsScheme)
+	} else {
+		h.SetBytesV("X-Forwarded-Proto", httpScheme)
+	}
+	if rt.Identity == SourceOIDC {
+		h.Del("Authorization") // the original token never goes upstream
+	}
+	h.Set(rt.Header, tok)
+	rt.rewriteURI(req)
+
+	if err := rt.fast.Do(req, &ctx.Response); err != nil {
+		s.log.Warn("upstream failed", "upstream", rt.target.Host, "err", err.Error())
+		fastFail(ctx, http.StatusBadGateway, "bad_gateway", "the upstream did not answer")
+		return
+	}
+	removeHopHeaders(&ctx.Response.Header)
+	if clientClose {
+		ctx.Response.Header.SetConnectionClose()
+	} else {
+		ctx.Response.Header.ResetConnectionClose()
+	}
+}
+
+// rewriteURI points a request at the route's upstream: its host, the
+// upstream path joined before the request path, and its query first.
+func (rt *Route) rewriteURI(req *fasthttp.Request) {
+	u := req.URI()
+	u.SetHost(rt.target.Host)
+	if rt.target.Scheme == "https" {
+		u.SetSchemeBytes(httpsScheme)
+	} else {
+		u.SetSchemeBytes(httpScheme)
+	}
+	req.Header.SetHost(rt.target.Host)
+	if p := rt.target.Path; p != "" && p != "/" {
+		u.SetPath(strings.TrimSuffix(p, "/") + "/" + strings.TrimPrefix(string(u.Path()), "/"))
+	}
+	if q := rt.target.RawQuery; q != "" {
+		if own := u.QueryString(); len(own) > 0 {
+			q += "&" + string(own)
+		}
+		u.SetQueryString(q)
+	}
+}
+
+// fastBackendFailure answers a request that could not be signed because of
+// the backend: 429 when it throttles, 503 otherwise, always with
+// Retry-After. Nothing unsigned is ever forwarded.
+func fastBackendFailure(ctx *fasthttp.RequestCtx, err error) {
+	kind := backends.Kind(err)
+	status, retry := http.StatusServiceUnavailable, 5
+	if errors.Is(err, backends.ErrThrottled) {
+		status, retry = http.StatusTooManyRequests, 1
+	}
+	fastFail(ctx, status, "backend_"+kind, "the signing backend could not sign now ("+kind+"); retry later")
+	ctx.Response.Header.Set("Retry-After", strconv.Itoa(retry))
+}
