@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -50,6 +51,8 @@ func newUpstreamClient(u *url.URL) *fasthttp.HostClient {
 // itself.
 var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Upgrade"}
 
+var keepAlive, closeToken = []byte("keep-alive"), []byte("close")
+
 // headerSet is what fasthttp's request and response headers share.
 type headerSet interface {
 	All() iter.Seq2[[]byte, []byte]
@@ -66,7 +69,7 @@ func removeHopHeaders(h headerSet) {
 				continue
 			}
 			del = append(del, string(k))
-			if n == "Connection" {
+			if n == "Connection" && !bytes.EqualFold(v, keepAlive) && !bytes.EqualFold(v, closeToken) {
 				for _, name := range strings.Split(string(v), ",") {
 					if name = strings.TrimSpace(name); name != "" && !strings.EqualFold(name, "close") && !strings.EqualFold(name, "keep-alive") {
 						del = append(del, name)
@@ -217,7 +220,7 @@ func (s *Server) fastProxy(ctx *fasthttp.RequestCtx) {
 	if xff != "" {
 		xff += ", "
 	}
-	h.Set("X-Forwarded-For", xff+rq.peer().String())
+	h.Set("X-Forwarded-For", xff+ctx.RemoteIP().String())
 	h.Set("X-Forwarded-Host", host)
 	if ctx.IsTLS() {
 		h.SetBytesV("X-Forwarded-Proto", httpsScheme)

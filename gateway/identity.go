@@ -120,9 +120,10 @@ func (s headerSource) identify(r request) (Identity, error) {
 		}
 		return Identity{}, errNoIdentity
 	}
+	user := r.header("X-Forwarded-User")
 	id := Identity{
-		Subject: r.header("X-Forwarded-User"),
-		User:    r.header("X-Forwarded-User"),
+		Subject: user,
+		User:    user,
 		Email:   r.header("X-Forwarded-Email"),
 		Name:    r.header("X-Forwarded-Preferred-Username"),
 	}
