@@ -1,5 +1,7 @@
 // Package gateway is kmsgate's HTTP server: the JWKS and discovery endpoints,
-// the authenticated sign API, health, readiness and metrics, on echo v4.
+// the authenticated sign API, health, readiness and metrics, and the reverse
+// proxy, on echo v4 routes behind a front that serves HTTP/1.x with fasthttp
+// (the hot paths natively) and HTTP/2 with net/http (front.go).
 package gateway
 
 import (

@@ -5,7 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"iter"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -51,36 +51,37 @@ func newUpstreamClient(u *url.URL) *fasthttp.HostClient {
 // itself.
 var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Upgrade"}
 
+// smallBody is the largest response body of known length that is read whole
+// before it is sent on; larger ones, and those of unknown length, stream.
+const smallBody = 16 << 10
+
 var keepAlive, closeToken = []byte("keep-alive"), []byte("close")
 
 // headerSet is what fasthttp's request and response headers share.
 type headerSet interface {
-	All() iter.Seq2[[]byte, []byte]
+	Peek(key string) []byte
+	PeekAll(key string) [][]byte
 	Del(key string)
 }
 
 // removeHopHeaders deletes the hop-by-hop headers and every header the
-// Connection header names, in one pass over the header.
+// Connection header names. fasthttp keeps header names canonical, so a
+// lookup by canonical name finds every spelling.
 func removeHopHeaders(h headerSet) {
-	var del []string
-	for k, v := range h.All() {
-		for _, n := range hopHeaders {
-			if !sameHeaderName(k, n) {
-				continue
+	for _, v := range h.PeekAll("Connection") {
+		if bytes.EqualFold(v, keepAlive) || bytes.EqualFold(v, closeToken) {
+			continue
+		}
+		for _, name := range strings.Split(string(v), ",") {
+			if name = strings.TrimSpace(name); name != "" && !strings.EqualFold(name, "close") && !strings.EqualFold(name, "keep-alive") {
+				h.Del(name)
 			}
-			del = append(del, string(k))
-			if n == "Connection" && !bytes.EqualFold(v, keepAlive) && !bytes.EqualFold(v, closeToken) {
-				for _, name := range strings.Split(string(v), ",") {
-					if name = strings.TrimSpace(name); name != "" && !strings.EqualFold(name, "close") && !strings.EqualFold(name, "keep-alive") {
-						del = append(del, name)
-					}
-				}
-			}
-			break
 		}
 	}
-	for _, k := range del {
-		h.Del(k)
+	for _, n := range hopHeaders {
+		if h.Peek(n) != nil {
+			h.Del(n)
+		}
 	}
 }
 
@@ -162,7 +163,12 @@ func (f fastRequest) peer() netip.Addr {
 
 func (f fastRequest) tlsState() *tls.ConnectionState { return f.ctx.TLSConnectionState() }
 
-var httpScheme, httpsScheme = []byte("http"), []byte("https")
+var (
+	httpScheme, httpsScheme = []byte("http"), []byte("https")
+	headerXFF               = []byte("X-Forwarded-For")
+	headerXFHost            = []byte("X-Forwarded-Host")
+	headerXFProto           = []byte("X-Forwarded-Proto")
+)
 
 // fastProxy forwards an HTTP/1.x request to its route's upstream with a
 // signed assertion, or refuses it: 404 without a route, 401/403 without an
@@ -220,12 +226,12 @@ func (s *Server) fastProxy(ctx *fasthttp.RequestCtx) {
 	if xff != "" {
 		xff += ", "
 	}
-	h.Set("X-Forwarded-For", xff+ctx.RemoteIP().String())
-	h.Set("X-Forwarded-Host", host)
+	h.SetCanonical(headerXFF, rq.peer().AppendTo(append(make([]byte, 0, len(xff)+48), xff...)))
+	h.SetCanonical(headerXFHost, []byte(host))
 	if ctx.IsTLS() {
-		h.SetBytesV("X-Forwarded-Proto", httpsScheme)
+		h.SetCanonical(headerXFProto, httpsScheme)
 	} else {
-		h.SetBytesV("X-Forwarded-Proto", httpScheme)
+		h.SetCanonical(headerXFProto, httpScheme)
 	}
 	if rt.Identity == SourceOIDC {
 		h.Del("Authorization") // the original token never goes upstream
@@ -238,7 +244,21 @@ func (s *Server) fastProxy(ctx *fasthttp.RequestCtx) {
 		fastFail(ctx, http.StatusBadGateway, "bad_gateway", "the upstream did not answer")
 		return
 	}
-	removeHopHeaders(&ctx.Response.Header)
+	resp := &ctx.Response
+	if cl := resp.Header.ContentLength(); cl >= 0 && cl <= smallBody && resp.IsBodyStream() {
+		// A small body of known length is read here, so that the server
+		// writes header and body at once instead of copying a stream.
+		body := make([]byte, cl)
+		_, err := io.ReadFull(resp.BodyStream(), body)
+		_ = resp.CloseBodyStream()
+		if err != nil {
+			s.log.Warn("upstream failed", "upstream", rt.target.Host, "err", err.Error())
+			fastFail(ctx, http.StatusBadGateway, "bad_gateway", "the upstream did not answer")
+			return
+		}
+		resp.SetBodyRaw(body)
+	}
+	removeHopHeaders(&resp.Header)
 	if clientClose {
 		ctx.Response.Header.SetConnectionClose()
 	} else {

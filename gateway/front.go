@@ -241,10 +241,13 @@ func (s *Server) fastServer(handoff *connQueue) *fasthttp.Server {
 		CloseOnShutdown:              true,
 		KeepHijackedConns:            true, // handed off to net/http
 		Logger:                       fastLogger{s.log},
-		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
+		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
 			// The header was read in time; a streamed body may take as long
-			// as its upload takes.
-			return fasthttp.RequestConfig{ReadTimeout: 24 * time.Hour}
+			// as its upload takes (-1: chunked).
+			if cl := h.ContentLength(); cl > 0 || cl == -1 {
+				return fasthttp.RequestConfig{ReadTimeout: 24 * time.Hour}
+			}
+			return fasthttp.RequestConfig{}
 		},
 	}
 }

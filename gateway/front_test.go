@@ -105,3 +105,23 @@ func TestProxyStreamsLargeUpload(t *testing.T) {
 		}
 	}
 }
+
+// TestProxyTruncatedSmallBody: an upstream that promises 10 bytes and sends
+// 3 gets the client a 502, not a short body under a 200.
+func TestProxyTruncatedSmallBody(t *testing.T) {
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+		brw.Flush()
+	})
+	p := newProxyEnv(t, gateway.ProxyConfig{Upstream: up.URL, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32")})
+	resp, body := rawResponse(t, p.addr, "GET /short HTTP/1.1\r\nHost: app\r\nX-Forwarded-User: alice\r\n\r\n")
+	if resp.StatusCode != 502 || !bytes.Contains(body, []byte(`"code":"bad_gateway"`)) {
+		t.Errorf("truncated upstream body: %d %q", resp.StatusCode, body)
+	}
+}

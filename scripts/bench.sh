@@ -6,7 +6,8 @@
 #   - sign API tokens/s (PEM key) against a bare ecdsa.Sign loop on all cores;
 #   - resident memory of an idle `kmsgate serve`;
 #   - reverse proxy with a warm assertion cache against nginx proxy_pass to
-#     the same upstream, and the p50 it adds over a direct request (1 conn);
+#     the same upstream (an nginx of its own), and the p50 it adds over a
+#     direct request (1 conn);
 #   - backend signatures in a run with 100 distinct users and 5 min
 #     assertions (USERS_SECONDS, default 60).
 # Usage: scripts/bench.sh [seconds per wrk run, default 10]
@@ -53,12 +54,7 @@ http {
       add_header Access-Control-Allow-Origin "*";
     }
   }
-  # The app behind both proxies: a small fixed answer.
-  server {
-    listen 127.0.0.1:$UP_PORT;
-    location / { default_type text/plain; return 200 "hello from the app\n"; }
-  }
-  # nginx as the reference reverse proxy to the same app.
+  # nginx as the reference reverse proxy to the app (its own process below).
   upstream app { server 127.0.0.1:$UP_PORT; keepalive 128; }
   server {
     listen 127.0.0.1:$NPROXY_PORT;
@@ -70,9 +66,35 @@ http {
   }
 }
 CONF
+# The app behind both proxies, a small fixed answer, in its own nginx: in the
+# same nginx as the reference proxy, a worker could answer its own upstream
+# requests in-process, a shortcut no proxy in front of a separate app has.
+mkdir -p "$W/app"
+cat > "$W/app.conf" <<CONF
+worker_processes auto;
+pid $W/app/nginx.pid;
+error_log $W/app/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $W/app/tmp-body;
+  proxy_temp_path $W/app/tmp-proxy;
+  fastcgi_temp_path $W/app/tmp-fcgi;
+  uwsgi_temp_path $W/app/tmp-uwsgi;
+  scgi_temp_path $W/app/tmp-scgi;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UP_PORT;
+    location / { default_type text/plain; return 200 "hello from the app\n"; }
+  }
+}
+CONF
 nginx -c "$W/nginx.conf" -p "$W" -g 'daemon off;' &
 NGINX_PID=$!
 add_cleanup "kill $NGINX_PID"
+nginx -c "$W/app.conf" -p "$W/app" -g 'daemon off;' &
+APP_PID=$!
+add_cleanup "kill $APP_PID"
 
 KG_PORT=$(free_port)
 TOKEN=bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -92,6 +114,7 @@ CONF
 KG_PID=$!
 add_cleanup "kill $KG_PID"
 wait_for_http "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json"
+wait_for_http "http://127.0.0.1:$UP_PORT/"
 wait_for_http "http://127.0.0.1:$KG_PORT/readyz"
 cmp <(curl -s "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json") <(curl -s "http://127.0.0.1:$KG_PORT/.well-known/jwks.json") \
   || { echo "nginx and kmsgate serve different bytes" >&2; exit 1; }
