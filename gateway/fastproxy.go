@@ -170,43 +170,41 @@ var (
 	headerXFProto           = []byte("X-Forwarded-Proto")
 )
 
-// fastProxy forwards an HTTP/1.x request to its route's upstream with a
-// signed assertion, or refuses it: 404 without a route, 401/403 without an
-// acceptable identity, 503 when the assertion cannot be signed, 502 when
-// the upstream fails. It does what handleProxy and the route's
-// httputil.ReverseProxy do for HTTP/2.
-func (s *Server) fastProxy(ctx *fasthttp.RequestCtx) {
+// prepareUpstream turns a client request into its upstream request: route,
+// identity, assertion, and the headers a proxy must drop or set. When it
+// cannot, it answers the client and ok is false.
+func (s *Server) prepareUpstream(ctx *fasthttp.RequestCtx) (rt *Route, clientClose, ok bool) {
 	req := &ctx.Request
 	h := &req.Header
 	stripVariants(h, s.proxy.headerNames...)
 	host := string(h.Host())
-	rt := s.proxy.matchHostPath(host, string(ctx.Path()))
+	rt = s.proxy.matchHostPath(host, string(ctx.Path()))
 	if rt == nil {
 		fastFail(ctx, http.StatusNotFound, "no_route", "no route for this host and path")
-		return
+		return nil, false, false
 	}
 	rq := fastRequest{ctx}
 	id, err := rt.source.identify(rq)
 	switch {
 	case errors.Is(err, errSpoofed):
 		fastFail(ctx, http.StatusForbidden, "untrusted_identity", "identity headers are only accepted from a trusted proxy")
-		return
+		return nil, false, false
 	case err != nil:
 		s.log.Debug("no acceptable identity", "source", rt.Identity, "reason", err.Error())
 		fastFail(ctx, http.StatusUnauthorized, "unauthenticated", "no acceptable identity ("+rt.Identity+")")
 		if rt.Identity == SourceOIDC {
 			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="kmsgate"`)
 		}
-		return
+		return nil, false, false
 	}
 	tok, err := s.proxy.minter.mint(rq.context(), s.cfg.RequestTimeout, id, rt.Audience)
 	if err != nil {
 		s.log.Warn("assertion not signed; request refused", "audience", rt.Audience, "err", err.Error())
 		fastBackendFailure(ctx, err)
-		return
+		return nil, false, false
 	}
 
-	clientClose := h.ConnectionClose()
+	clientClose = h.ConnectionClose()
 	removeHopHeaders(h)
 	h.ResetConnectionClose()
 	trusted := isTrusted(rq.peer(), s.proxy.trusted)
@@ -238,8 +236,20 @@ func (s *Server) fastProxy(ctx *fasthttp.RequestCtx) {
 	}
 	h.Set(rt.Header, tok)
 	rt.rewriteURI(req)
+	return rt, clientClose, true
+}
 
-	if err := rt.fast.Do(req, &ctx.Response); err != nil {
+// fastProxy forwards an HTTP/1.x request to its route's upstream with a
+// signed assertion, or refuses it: 404 without a route, 401/403 without an
+// acceptable identity, 503 when the assertion cannot be signed, 502 when
+// the upstream fails. It does what handleProxy and the route's
+// httputil.ReverseProxy do for HTTP/2.
+func (s *Server) fastProxy(ctx *fasthttp.RequestCtx) {
+	rt, clientClose, ok := s.prepareUpstream(ctx)
+	if !ok {
+		return
+	}
+	if err := rt.fast.Do(&ctx.Request, &ctx.Response); err != nil {
 		s.log.Warn("upstream failed", "upstream", rt.target.Host, "err", err.Error())
 		fastFail(ctx, http.StatusBadGateway, "bad_gateway", "the upstream did not answer")
 		return
