@@ -11,12 +11,13 @@
 #   - backend signatures in a run with 100 distinct users and 5 min
 #     assertions (USERS_SECONDS, default 60).
 # Usage: scripts/bench.sh [seconds per wrk run, default 10]
+# WRK_THREADS (default 2) sets wrk's threads for every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 DUR=${1:-10}
 CONNS=64
-THREADS=2
+THREADS=${WRK_THREADS:-2}
 W=$(mktemp -d "${TMPDIR:-/tmp}/kmsgate-bench.XXXXXX")
 chmod 755 "$W"
 trap 'run_cleanups; rm -rf "$W"' EXIT
