@@ -74,7 +74,7 @@ func removeHopHeaders(h headerSet) {
 		}
 		for _, name := range strings.Split(string(v), ",") {
 			if name = strings.TrimSpace(name); name != "" && !strings.EqualFold(name, "close") && !strings.EqualFold(name, "keep-alive") {
-				h.Del(name)
+				h.Del(http.CanonicalHeaderKey(name))
 			}
 		}
 	}
@@ -176,6 +176,10 @@ var (
 func (s *Server) prepareUpstream(ctx *fasthttp.RequestCtx) (rt *Route, clientClose, ok bool) {
 	req := &ctx.Request
 	h := &req.Header
+	// The server stored every name in canonical form, and every name used
+	// below is canonical: lookups can skip normalizing their key.
+	h.DisableNormalizing()
+	defer h.EnableNormalizing()
 	stripVariants(h, s.proxy.headerNames...)
 	host := string(h.Host())
 	rt = s.proxy.matchHostPath(host, string(ctx.Path()))
@@ -234,7 +238,7 @@ func (s *Server) prepareUpstream(ctx *fasthttp.RequestCtx) (rt *Route, clientClo
 	if rt.Identity == SourceOIDC {
 		h.Del("Authorization") // the original token never goes upstream
 	}
-	h.Set(rt.Header, tok)
+	h.Set(rt.canonicalHeader, tok)
 	rt.rewriteURI(req)
 	return rt, clientClose, true
 }

@@ -62,10 +62,11 @@ type Route struct {
 	// Identity is the identity source; default --identity.
 	Identity string `yaml:"identity"`
 
-	target *url.URL
-	source identitySource
-	proxy  *httputil.ReverseProxy // HTTP/2 and upgrades, through echo
-	fast   *fasthttp.HostClient   // HTTP/1.x, from the fasthttp front
+	target          *url.URL
+	source          identitySource
+	canonicalHeader string                 // Header in canonical form
+	proxy           *httputil.ReverseProxy // HTTP/2 and upgrades, through echo
+	fast            *fasthttp.HostClient   // HTTP/1.x, from the fasthttp front
 }
 
 // proxyState is the built form of ProxyConfig.
@@ -127,6 +128,7 @@ func (s *Server) buildProxy(ctx context.Context) (*proxyState, error) {
 		if http.CanonicalHeaderKey(r.Header) == "" || strings.ContainsAny(r.Header, " :\t") {
 			return nil, fmt.Errorf("%s: header %q is not a valid header name", where, r.Header)
 		}
+		r.canonicalHeader = http.CanonicalHeaderKey(r.Header)
 		if r.Identity == "" {
 			r.Identity = pc.Identity
 		}
