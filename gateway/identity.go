@@ -155,15 +155,21 @@ func isTrusted(ip netip.Addr, trusted []netip.Prefix) bool {
 // oidcSource verifies an Authorization: Bearer OIDC token against its
 // issuer's discovery document and JWKS (go-oidc): issuer, audience, expiry
 // and an asymmetric algorithm are checked.
-type oidcSource struct{ verifier *oidc.IDTokenVerifier }
+type oidcSource struct {
+	verifier *oidc.IDTokenVerifier
+	timeout  time.Duration // bounds a verification, which may fetch the issuer's JWKS
+}
 
 // newOIDCSource fetches the issuer's discovery document.
-func newOIDCSource(ctx context.Context, issuer, audience string) (*oidcSource, error) {
+func newOIDCSource(ctx context.Context, issuer, audience string, timeout time.Duration) (*oidcSource, error) {
 	if issuer == "" || audience == "" {
 		return nil, errors.New("the oidc identity source needs --oidc-issuer and --oidc-audience")
 	}
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
+	// go-oidc fetches the JWKS in the background with this client; without a
+	// timeout, one hung fetch would hold every later verification.
+	ctx = oidc.ClientContext(ctx, &http.Client{Timeout: 10 * time.Second})
 	p, err := oidc.NewProvider(ctx, issuer)
 	if err != nil {
 		return nil, fmt.Errorf("oidc issuer %s: %w", issuer, err)
@@ -173,7 +179,7 @@ func newOIDCSource(ctx context.Context, issuer, audience string) (*oidcSource, e
 		SupportedSigningAlgs: []string{oidc.RS256, oidc.RS384, oidc.RS512, oidc.ES256, oidc.ES384, oidc.ES512,
 			oidc.PS256, oidc.PS384, oidc.PS512, oidc.EdDSA},
 	})
-	return &oidcSource{verifier: v}, nil
+	return &oidcSource{verifier: v, timeout: timeout}, nil
 }
 
 func (s *oidcSource) identify(r request) (Identity, error) {
@@ -182,7 +188,9 @@ func (s *oidcSource) identify(r request) (Identity, error) {
 	if !ok || !strings.EqualFold(scheme, "Bearer") || raw == "" {
 		return Identity{}, errNoIdentity
 	}
-	tok, err := s.verifier.Verify(r.context(), strings.TrimSpace(raw))
+	ctx, cancel := context.WithTimeout(r.context(), s.timeout)
+	defer cancel()
+	tok, err := s.verifier.Verify(ctx, strings.TrimSpace(raw))
 	if err != nil {
 		return Identity{}, fmt.Errorf("%w: %v", errNoIdentity, err)
 	}

@@ -163,7 +163,7 @@ func (s *Server) buildProxy(ctx context.Context) (*proxyState, error) {
 			}
 			p.sources[n] = headerSource{trusted: pc.TrustedProxies}
 		case SourceOIDC:
-			src, err := newOIDCSource(ctx, pc.OIDCIssuer, pc.OIDCAudience)
+			src, err := newOIDCSource(ctx, pc.OIDCIssuer, pc.OIDCAudience, s.cfg.RequestTimeout)
 			if err != nil {
 				return nil, err
 			}

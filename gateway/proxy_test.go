@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -450,23 +451,40 @@ func TestProxyHTTP2Cleartext(t *testing.T) {
 // 127.0.0.1, an RSA key to sign ID tokens.
 type oidcIssuer struct {
 	*httptest.Server
-	key *rsa.PrivateKey
+	key  *rsa.PrivateKey
+	hang atomic.Bool   // the JWKS endpoint stops answering …
+	free chan struct{} // … until this is closed
 }
 
 func newOIDCIssuer(t *testing.T) *oidcIssuer {
 	k, _ := rsa.GenerateKey(rand.Reader, 2048)
-	o := &oidcIssuer{key: k}
+	o := &oidcIssuer{key: k, free: make(chan struct{})}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(map[string]any{"issuer": o.URL, "jwks_uri": o.URL + "/jwks", "authorization_endpoint": o.URL + "/auth",
 			"id_token_signing_alg_values_supported": []string{"RS256"}})
 	})
 	mux.HandleFunc("/jwks", func(w http.ResponseWriter, r *http.Request) {
+		if o.hang.Load() {
+			select {
+			case <-r.Context().Done():
+			case <-o.free:
+			}
+			return
+		}
 		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &k.PublicKey, KeyID: "rsa1", Algorithm: "RS256", Use: "sig"}}})
 	})
 	o.Server = httptest.NewServer(mux)
 	t.Cleanup(o.Close)
+	t.Cleanup(func() { o.release() })
 	return o
+}
+
+// release lets hanging JWKS requests end and answers the next ones.
+func (o *oidcIssuer) release() {
+	if o.hang.CompareAndSwap(true, false) {
+		close(o.free)
+	}
 }
 
 func (o *oidcIssuer) token(t *testing.T, alg jose.SignatureAlgorithm, key any, claims map[string]any) string {
@@ -569,5 +587,49 @@ func TestProxyConfigRefused(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+// TestOIDCIssuerHangs: when the issuer's JWKS stops answering, a token
+// signed with a key the gateway has not fetched yet is refused with 401
+// within the request timeout (500 ms here), not held open; once the issuer
+// answers again, the same token passes without a restart.
+func TestOIDCIssuerHangs(t *testing.T) {
+	iss := newOIDCIssuer(t)
+	up := newUpstream(t, nil)
+	e := newProxyEnv(t, gateway.ProxyConfig{Upstream: up.URL, Identity: gateway.SourceOIDC, OIDCIssuer: iss.URL, OIDCAudience: "kmsgate-app"})
+	iss.hang.Store(true)
+	now := time.Now()
+	tok := iss.token(t, jose.RS256, iss.key, map[string]any{"iss": iss.URL, "aud": "kmsgate-app", "sub": "u-1", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()})
+	req, _ := http.NewRequest("GET", "http://"+e.addr+"/", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	start := time.Now()
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if took := time.Since(start); resp.StatusCode != 401 || took > 3*time.Second {
+		t.Fatalf("hanging issuer: %d after %s, want 401 within the request timeout", resp.StatusCode, took)
+	}
+	if up.count() != 0 {
+		t.Fatal("a request reached the upstream without an identity")
+	}
+	iss.release()
+	for i := 0; ; i++ {
+		req, _ := http.NewRequest("GET", "http://"+e.addr+"/", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			break
+		}
+		if i == 50 {
+			t.Fatalf("after the issuer came back: still %d", resp.StatusCode)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
