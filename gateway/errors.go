@@ -29,13 +29,20 @@ func fail(c echo.Context, status int, code, msg string) error {
 // backend: 429 when it throttles, 503 otherwise, always with Retry-After.
 // The request is refused: nothing unsigned is ever returned.
 func backendFailure(c echo.Context, err error) error {
-	kind := backends.Kind(err)
-	status, retry := http.StatusServiceUnavailable, 5
-	if errors.Is(err, backends.ErrThrottled) {
-		status, retry = http.StatusTooManyRequests, 1
-	}
+	status, retry, code, msg := backendRefusal(err)
 	c.Response().Header().Set("Retry-After", strconv.Itoa(retry))
-	return fail(c, status, "backend_"+kind, "the signing backend could not sign now ("+kind+"); retry later")
+	return fail(c, status, code, msg)
+}
+
+// backendRefusal is the answer to a backend error: 429 and retry in 1 s when
+// it throttles, else 503 and retry in 5 s, with a code naming the kind.
+func backendRefusal(err error) (status, retryAfter int, code, msg string) {
+	kind := backends.Kind(err)
+	status, retryAfter = http.StatusServiceUnavailable, 5
+	if errors.Is(err, backends.ErrThrottled) {
+		status, retryAfter = http.StatusTooManyRequests, 1
+	}
+	return status, retryAfter, "backend_" + kind, "the signing backend could not sign now (" + kind + "); retry later"
 }
 
 // errorHandler renders echo's own errors (404, 405, …) in the JSON form.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -15,8 +14,6 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
-
-	"github.com/kmsgate/kmsgate/backends"
 )
 
 // newUpstreamClient returns the HTTP/1.1 client of one route's upstream for
@@ -189,14 +186,10 @@ func (s *Server) prepareUpstream(ctx *fasthttp.RequestCtx) (rt *Route, clientClo
 	}
 	rq := fastRequest{ctx}
 	id, err := rt.source.identify(rq)
-	switch {
-	case errors.Is(err, errSpoofed):
-		fastFail(ctx, http.StatusForbidden, "untrusted_identity", "identity headers are only accepted from a trusted proxy")
-		return nil, false, false
-	case err != nil:
-		s.log.Debug("no acceptable identity", "source", rt.Identity, "reason", err.Error())
-		fastFail(ctx, http.StatusUnauthorized, "unauthenticated", "no acceptable identity ("+rt.Identity+")")
-		if rt.Identity == SourceOIDC {
+	if err != nil {
+		status, code, msg, challenge := s.identityRefusal(err, rt.Identity)
+		fastFail(ctx, status, code, msg)
+		if challenge {
 			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="kmsgate"`)
 		}
 		return nil, false, false
@@ -306,11 +299,7 @@ func (rt *Route) rewriteURI(req *fasthttp.Request) {
 // the backend: 429 when it throttles, 503 otherwise, always with
 // Retry-After. Nothing unsigned is ever forwarded.
 func fastBackendFailure(ctx *fasthttp.RequestCtx, err error) {
-	kind := backends.Kind(err)
-	status, retry := http.StatusServiceUnavailable, 5
-	if errors.Is(err, backends.ErrThrottled) {
-		status, retry = http.StatusTooManyRequests, 1
-	}
-	fastFail(ctx, status, "backend_"+kind, "the signing backend could not sign now ("+kind+"); retry later")
+	status, retry, code, msg := backendRefusal(err)
+	fastFail(ctx, status, code, msg)
 	ctx.Response.Header.Set("Retry-After", strconv.Itoa(retry))
 }

@@ -283,18 +283,25 @@ func (s *Server) newReverseProxy(rt *Route) *httputil.ReverseProxy {
 // it finds no acceptable identity; ok is false when it answered.
 func (s *Server) identify(c echo.Context, src identitySource, name string) (Identity, bool, error) {
 	id, err := src.identify(httpRequest{c.Request()})
-	switch {
-	case err == nil:
+	if err == nil {
 		return id, true, nil
-	case errors.Is(err, errSpoofed):
-		return Identity{}, false, fail(c, http.StatusForbidden, "untrusted_identity", "identity headers are only accepted from a trusted proxy")
-	default:
-		s.log.Debug("no acceptable identity", "source", name, "reason", err.Error())
-		if name == SourceOIDC {
-			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="kmsgate"`)
-		}
-		return Identity{}, false, fail(c, http.StatusUnauthorized, "unauthenticated", "no acceptable identity ("+name+")")
 	}
+	status, code, msg, challenge := s.identityRefusal(err, name)
+	if challenge {
+		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="kmsgate"`)
+	}
+	return Identity{}, false, fail(c, status, code, msg)
+}
+
+// identityRefusal is the answer to a request without an acceptable
+// identity: 403 for identity headers from an untrusted address, else 401,
+// with a Bearer challenge for the oidc source.
+func (s *Server) identityRefusal(err error, source string) (status int, code, msg string, challenge bool) {
+	if errors.Is(err, errSpoofed) {
+		return http.StatusForbidden, "untrusted_identity", "identity headers are only accepted from a trusted proxy", false
+	}
+	s.log.Debug("no acceptable identity", "source", source, "reason", err.Error())
+	return http.StatusUnauthorized, "unauthenticated", "no acceptable identity (" + source + ")", source == SourceOIDC
 }
 
 // mintFor signs (or reuses) the assertion within the request deadline.

@@ -15,7 +15,6 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/valyala/fasthttp"
 
-	"github.com/kmsgate/kmsgate/backends"
 	"github.com/kmsgate/kmsgate/jwks"
 )
 
@@ -127,12 +126,9 @@ func (s *Server) sign(ctx context.Context, client *Client, body []byte) signAnsw
 	tok, kid, err := s.keys.SignJWT(ctx, claims)
 	if err != nil {
 		s.log.Warn("sign failed", "client", client.Name, "kid", kid, "err", err.Error())
-		kind := backends.Kind(err)
-		a := refuse(http.StatusServiceUnavailable, "backend_"+kind, "the signing backend could not sign now ("+kind+"); retry later")
-		a.retryAfter = 5
-		if errors.Is(err, backends.ErrThrottled) {
-			a.status, a.retryAfter = http.StatusTooManyRequests, 1
-		}
+		status, retry, code, msg := backendRefusal(err)
+		a := refuse(status, code, msg)
+		a.retryAfter = retry
 		return a
 	}
 	s.log.Debug("signed", "client", client.Name, "kid", kid, "sub", claims["sub"])
