@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -77,6 +78,12 @@ type proxyEnv struct {
 // 127.0.0.1 in front of the upstreams named in pc.
 func newProxyEnv(t *testing.T, pc gateway.ProxyConfig) *proxyEnv {
 	t.Helper()
+	return newProxyEnvTLS(t, pc, nil)
+}
+
+// newProxyEnvTLS is newProxyEnv serving TLS with tlsCfg when it is not nil.
+func newProxyEnvTLS(t *testing.T, pc gateway.ProxyConfig, tlsCfg *tls.Config) *proxyEnv {
+	t.Helper()
 	f := &backendtest.Fake{}
 	f.Add("v1", time.Now().Add(-24*time.Hour))
 	m := gateway.NewMetrics()
@@ -99,7 +106,7 @@ func newProxyEnv(t *testing.T, pc gateway.ProxyConfig) *proxyEnv {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { _ = srv.Serve(ctx, ln, nil, time.Second); close(done) }()
+	go func() { _ = srv.Serve(ctx, ln, tlsCfg, time.Second); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	e := &proxyEnv{fake: f, kr: kr, srv: srv, addr: ln.Addr().String(), logs: logs}
 	t.Cleanup(func() {
