@@ -283,8 +283,9 @@ func fastFail(ctx *fasthttp.RequestCtx, status int, code, msg string) {
 
 var jsonContentTypeBytes = []byte("application/json")
 
-// serveFast answers an HTTP/1.x request: the key set, discovery and proxied
-// requests here, everything else through the echo routes.
+// serveFast answers an HTTP/1.x request: the key set, discovery, the sign
+// API and proxied requests here, upgrades by handing the connection to
+// net/http, everything else through the echo routes.
 func (s *Server) serveFast(ctx *fasthttp.RequestCtx, handoff *connQueue) {
 	start := time.Now()
 	path := string(ctx.Path())
@@ -310,7 +311,7 @@ func (s *Server) serveFast(ctx *fasthttp.RequestCtx, handoff *connQueue) {
 		s.fastProxy(ctx)
 	default:
 		// The other gateway endpoints take small bodies only.
-		if !s.proxied(path) && !s.boundBody(ctx) {
+		if !s.boundBody(ctx) {
 			endpoint = "other"
 			break
 		}
