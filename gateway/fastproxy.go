@@ -83,8 +83,9 @@ func removeHopHeaders(h headerSet) {
 }
 
 // sameHeaderName reports whether a header name is a variant of want: equal
-// ignoring letter case, with "_" taken for "-".
-func sameHeaderName(name []byte, want string) bool {
+// ignoring letter case, with "_" taken for "-", the way CGI and WSGI stacks
+// fold names, so that no variant of a protected header slips through.
+func sameHeaderName[T string | []byte](name T, want string) bool {
 	if len(name) != len(want) {
 		return false
 	}
@@ -170,7 +171,7 @@ var (
 // prepareUpstream turns a client request into its upstream request: route,
 // identity, assertion, and the headers a proxy must drop or set. When it
 // cannot, it answers the client and ok is false.
-func (s *Server) prepareUpstream(ctx *fasthttp.RequestCtx) (rt *Route, clientClose, ok bool) {
+func (s *Server) prepareUpstream(ctx *fasthttp.RequestCtx, path string) (rt *Route, clientClose, ok bool) {
 	req := &ctx.Request
 	h := &req.Header
 	// The server stored every name in canonical form, and every name used
@@ -179,7 +180,7 @@ func (s *Server) prepareUpstream(ctx *fasthttp.RequestCtx) (rt *Route, clientClo
 	defer h.EnableNormalizing()
 	stripVariants(h, s.proxy.headerNames...)
 	host := string(h.Host())
-	rt = s.proxy.matchHostPath(host, string(ctx.Path()))
+	rt = s.proxy.matchHostPath(host, path)
 	if rt == nil {
 		fastFail(ctx, http.StatusNotFound, "no_route", "no route for this host and path")
 		return nil, false, false
@@ -241,8 +242,8 @@ func (s *Server) prepareUpstream(ctx *fasthttp.RequestCtx) (rt *Route, clientClo
 // acceptable identity, 503 when the assertion cannot be signed, 502 when
 // the upstream fails. It does what handleProxy and the route's
 // httputil.ReverseProxy do for HTTP/2.
-func (s *Server) fastProxy(ctx *fasthttp.RequestCtx) {
-	rt, clientClose, ok := s.prepareUpstream(ctx)
+func (s *Server) fastProxy(ctx *fasthttp.RequestCtx, path string) {
+	rt, clientClose, ok := s.prepareUpstream(ctx, path)
 	if !ok {
 		return
 	}

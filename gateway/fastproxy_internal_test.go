@@ -37,7 +37,7 @@ func BenchmarkPrepareUpstream(b *testing.B) {
 	ctx.Init(&tmpl, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5000}, nil)
 	run := func() {
 		tmpl.CopyTo(&ctx.Request)
-		if _, _, ok := srv.prepareUpstream(&ctx); !ok {
+		if _, _, ok := srv.prepareUpstream(&ctx, "/"); !ok {
 			b.Fatalf("refused: %s", ctx.Response.Body())
 		}
 	}

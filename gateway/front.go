@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -308,7 +309,7 @@ func (s *Server) serveFast(ctx *fasthttp.RequestCtx, handoff *connQueue) {
 		return // net/http and echo take it from here
 	case s.proxied(path):
 		endpoint = "proxy"
-		s.fastProxy(ctx)
+		s.fastProxy(ctx, path)
 	default:
 		// The other gateway endpoints take small bodies only.
 		if !s.boundBody(ctx) {
@@ -390,19 +391,33 @@ func (s *Server) isJWKSPath(path string) bool {
 	return false
 }
 
-// gatewayPaths are the paths echo answers itself, besides the key set and
-// discovery paths; every other path is proxied when a route exists.
-var gatewayPaths = map[string]bool{"/v1/sign": true, "/healthz": true, "/readyz": true, "/metrics": true}
-
-// proxied reports whether a path goes to the reverse proxy.
+// proxied reports whether a path goes to the reverse proxy: with a route,
+// every path that no gateway endpoint claims.
 func (s *Server) proxied(path string) bool {
-	if s.proxy == nil || len(s.proxy.routes) == 0 {
+	if s.proxy == nil || len(s.proxy.routes) == 0 || s.ownPaths[path] {
 		return false
 	}
-	if gatewayPaths[path] || path == discoveryPath || s.isJWKSPath(path) || path == "/v1/auth" || len(path) > len("/v1/auth/") && path[:len("/v1/auth/")] == "/v1/auth/" {
-		return false
+	for _, p := range s.ownPrefixes {
+		if strings.HasPrefix(path, p) {
+			return false
+		}
 	}
 	return true
+}
+
+// claimPaths records the paths the echo routes answer themselves, exact or
+// by prefix ("/v1/auth/*"), leaving out the proxy's catch-all.
+func (s *Server) claimPaths() {
+	s.ownPaths = map[string]bool{}
+	for _, r := range s.echo.Routes() {
+		switch {
+		case r.Path == "/" || r.Path == "/*":
+		case strings.HasSuffix(r.Path, "/*"):
+			s.ownPrefixes = append(s.ownPrefixes, strings.TrimSuffix(r.Path, "*"))
+		default:
+			s.ownPaths[r.Path] = true
+		}
+	}
 }
 
 // fastJWKS serves the key set from memory; it never calls a backend.

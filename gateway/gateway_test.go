@@ -66,7 +66,7 @@ func newEnv(t *testing.T, mutate func(*gateway.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{fake: f, kr: kr, srv: srv, url: serve(t, srv), logs: logs}
+	e := &env{fake: f, kr: kr, srv: srv, url: "http://" + serve(t, srv, nil), logs: logs}
 	t.Cleanup(func() { e.checkLogs(t) })
 	return e
 }
@@ -509,7 +509,7 @@ func TestJWKSNotServedPartially(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	url := serve(t, srv)
+	url := "http://" + serve(t, srv, nil)
 	_ = kr.Refresh(context.Background())
 	get := func() int {
 		r, err := testClient.Get(url + "/.well-known/jwks.json")

@@ -238,18 +238,11 @@ func (certSource) identify(r request) (Identity, error) {
 	return id, nil
 }
 
-// headerNameKey folds a header name the way some upstream stacks do (CGI
-// and WSGI turn "-" into "_" and ignore case), so that no variant of a
-// protected header slips through.
-func headerNameKey(name string) string {
-	return strings.ToLower(strings.ReplaceAll(name, "_", "-"))
-}
-
 // hasAnyHeader reports whether h has any of names, in any variant.
 func hasAnyHeader(h http.Header, names []string) bool {
 	for k := range h {
 		for _, n := range names {
-			if headerNameKey(k) == headerNameKey(n) {
+			if sameHeaderName(k, n) {
 				return true
 			}
 		}
@@ -262,7 +255,7 @@ func hasAnyHeader(h http.Header, names []string) bool {
 func deleteHeaders(h http.Header, names ...string) {
 	for k := range h {
 		for _, n := range names {
-			if headerNameKey(k) == headerNameKey(n) {
+			if sameHeaderName(k, n) {
 				delete(h, k)
 			}
 		}

@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"net/http"
 	"os"
@@ -28,9 +29,9 @@ var testClient = func() *http.Client {
 	return &http.Client{Transport: &http.Transport{Protocols: p}}
 }()
 
-// serve runs srv.Serve on a loopback port until the test ends and returns
-// its base URL.
-func serve(t *testing.T, srv *gateway.Server) string {
+// serve runs srv.Serve (with TLS when tlsCfg is set) on a loopback port
+// until the test ends and returns its address.
+func serve(t *testing.T, srv *gateway.Server, tlsCfg *tls.Config) string {
 	t.Helper()
 	ln, err := listen()
 	if err != nil {
@@ -38,7 +39,7 @@ func serve(t *testing.T, srv *gateway.Server) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { _ = srv.Serve(ctx, ln, nil, time.Second); close(done) }()
+	go func() { _ = srv.Serve(ctx, ln, tlsCfg, time.Second); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return "http://" + ln.Addr().String()
+	return ln.Addr().String()
 }

@@ -100,15 +100,7 @@ func newProxyEnvTLS(t *testing.T, pc gateway.ProxyConfig, tlsCfg *tls.Config) *p
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = srv.Serve(ctx, ln, tlsCfg, time.Second); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	e := &proxyEnv{fake: f, kr: kr, srv: srv, addr: ln.Addr().String(), logs: logs}
+	e := &proxyEnv{fake: f, kr: kr, srv: srv, addr: serve(t, srv, tlsCfg), logs: logs}
 	t.Cleanup(func() {
 		if l := logs.String(); strings.Contains(l, "eyJ") {
 			t.Errorf("a token reached the logs:\n%s", l)
@@ -128,21 +120,7 @@ func prefixes(s ...string) []netip.Prefix {
 // raw sends a request written byte for byte and returns the status line.
 func raw(t *testing.T, addr, req string) string {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c, req); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	resp, _ := rawResponse(t, addr, req)
 	return resp.Status
 }
 

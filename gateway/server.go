@@ -62,6 +62,8 @@ type Server struct {
 	cacheControl      []string
 	cacheControlBytes []byte
 	adaptor           fasthttp.RequestHandler // HTTP/1.x requests to the echo routes
+	ownPaths          map[string]bool         // paths the echo routes answer, never proxied
+	ownPrefixes       []string                // path prefixes the echo routes answer
 	discovery         []byte
 	discoveryTag      string
 }
@@ -123,6 +125,7 @@ func New(ctx context.Context, cfg Config, kr *jwks.Keyring, m *Metrics) (*Server
 	}
 	s.cacheControlBytes = []byte(s.cacheControl[0])
 	s.echo = s.routes()
+	s.claimPaths()
 	// fasthttp's request context ends when the server shuts down; in-flight
 	// requests must finish, so echo sees a context without that end.
 	s.adaptor = fasthttpadaptor.NewFastHTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
