@@ -122,7 +122,7 @@ func (s *Server) accept(ln net.Listener, tlsCfg *tls.Config, h1, h2 *connQueue) 
 			return err
 		}
 		go func() {
-			conn, http2, err := classify(c, tlsCfg)
+			conn, http2, err := classify(&deadlineConn{Conn: c}, tlsCfg)
 			if err != nil {
 				s.log.Debug("connection dropped before its first request", "remote", c.RemoteAddr().String(), "err", err.Error())
 				_ = c.Close()
