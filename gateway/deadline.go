@@ -68,3 +68,23 @@ func (c *deadlineConn) SetDeadline(t time.Time) error {
 	}
 	return c.Conn.SetWriteDeadline(t)
 }
+
+// idleConn is an upstream connection on which a read fails when it waits
+// longer than idle for its first byte, as nginx's proxy_read_timeout does:
+// an upstream that stops answering, before or during its response, is cut
+// off instead of holding the request. Its deadline moves lazily too.
+type idleConn struct {
+	deadlineConn
+	idle time.Duration
+}
+
+func newIdleConn(c net.Conn, idle time.Duration) *idleConn {
+	return &idleConn{deadlineConn: deadlineConn{Conn: c}, idle: idle}
+}
+
+func (c *idleConn) Read(b []byte) (int, error) {
+	if err := c.deadlineConn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
+		return 0, err
+	}
+	return c.deadlineConn.Read(b)
+}

@@ -18,8 +18,8 @@ import (
 
 // newUpstreamClient returns the HTTP/1.1 client of one route's upstream for
 // the fasthttp front: kept-alive connections, response bodies streamed as
-// they arrive.
-func newUpstreamClient(u *url.URL) *fasthttp.HostClient {
+// they arrive, and a read that waits longer than idle fails.
+func newUpstreamClient(u *url.URL, idle time.Duration) *fasthttp.HostClient {
 	addr := u.Host
 	if u.Port() == "" {
 		port := "80"
@@ -38,7 +38,11 @@ func newUpstreamClient(u *url.URL) *fasthttp.HostClient {
 		StreamResponseBody:       true,
 		NoDefaultUserAgentHeader: true,
 		DialTimeout: func(addr string, timeout time.Duration) (net.Conn, error) {
-			return fasthttp.DialTimeout(addr, 10*time.Second)
+			c, err := fasthttp.DialTimeout(addr, 10*time.Second)
+			if err != nil {
+				return nil, err
+			}
+			return newIdleConn(c, idle), nil
 		},
 	}
 }

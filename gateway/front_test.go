@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -123,5 +124,68 @@ func TestProxyTruncatedSmallBody(t *testing.T) {
 	resp, body := rawResponse(t, p.addr, "GET /short HTTP/1.1\r\nHost: app\r\nX-Forwarded-User: alice\r\n\r\n")
 	if resp.StatusCode != 502 || !bytes.Contains(body, []byte(`"code":"bad_gateway"`)) {
 		t.Errorf("truncated upstream body: %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestProxyUpstreamStalls: an upstream that takes the request and never
+// answers gets the client a 502 once --upstream-timeout (300 ms here) has
+// passed, and one that stops in the middle of its body gets the client's
+// response cut short; one that stays slow but keeps sending is not cut.
+func TestProxyUpstreamStalls(t *testing.T) {
+	stop := make(chan struct{})
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/silent":
+			<-stop
+		case "/halfway":
+			w.Header().Set("Content-Type", "text/event-stream")
+			fmt.Fprint(w, "data: first\n\n")
+			http.NewResponseController(w).Flush()
+			<-stop
+		case "/slow":
+			w.Header().Set("Content-Type", "text/event-stream")
+			for i := range 6 {
+				fmt.Fprintf(w, "data: %d\n\n", i)
+				http.NewResponseController(w).Flush()
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+	})
+	t.Cleanup(func() { close(stop) }) // before the upstream's Close, which waits for its handlers
+	p := newProxyEnv(t, gateway.ProxyConfig{Upstream: up.URL, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32"), UpstreamTimeout: 300 * time.Millisecond})
+	get := func(path string) (*http.Response, []byte, time.Duration, error) {
+		req, _ := http.NewRequest("GET", "http://"+p.addr+path, nil)
+		req.Header.Set("X-Forwarded-User", "alice")
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second) // a regression fails, not hangs
+		defer cancel()
+		start := time.Now()
+		resp, err := testClient.Do(req.WithContext(ctx))
+		if err != nil {
+			return nil, nil, time.Since(start), err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		return resp, body, time.Since(start), err
+	}
+
+	resp, body, took, err := get("/silent")
+	if err != nil || resp.StatusCode != 502 || !bytes.Contains(body, []byte(`"code":"bad_gateway"`)) {
+		t.Errorf("silent upstream: %v %v %q", resp, err, body)
+	}
+	if took < 250*time.Millisecond || took > 5*time.Second {
+		t.Errorf("silent upstream answered after %s, want about 300ms", took)
+	}
+
+	resp, body, took, err = get("/halfway")
+	if err == nil || resp.StatusCode != 200 || string(body) != "data: first\n\n" {
+		t.Errorf("upstream stalled halfway: %v %v %q, want the first event then a broken body", resp, err, body)
+	}
+	if took > 5*time.Second {
+		t.Errorf("upstream stalled halfway: cut after %s", took)
+	}
+
+	resp, body, _, err = get("/slow")
+	if err != nil || resp.StatusCode != 200 || !strings.HasSuffix(string(body), "data: 5\n\n") {
+		t.Errorf("slow upstream that keeps sending: %v %v %q", resp, err, body)
 	}
 }

@@ -43,6 +43,10 @@ type ProxyConfig struct {
 	TTL time.Duration
 	// CacheSize (--assertion-cache-size) bounds the assertion cache.
 	CacheSize int
+	// UpstreamTimeout (--upstream-timeout, default 60 s) is the longest an
+	// upstream may keep the proxy waiting for the next bytes of its
+	// response; then the request fails (502 before the response started).
+	UpstreamTimeout time.Duration
 }
 
 // Route sends matching requests to an upstream with its own audience,
@@ -97,6 +101,12 @@ func (s *Server) buildProxy(ctx context.Context) (*proxyState, error) {
 	if pc.CacheSize == 0 {
 		pc.CacheSize = 10000
 	}
+	if pc.UpstreamTimeout == 0 {
+		pc.UpstreamTimeout = 60 * time.Second
+	}
+	if pc.UpstreamTimeout < 0 {
+		return nil, fmt.Errorf("--upstream-timeout %s must be positive", pc.UpstreamTimeout)
+	}
 	p := &proxyState{sources: map[string]identitySource{}, defaultSrc: pc.Identity, header: pc.Header, trusted: pc.TrustedProxies}
 	routes := slices.Clone(pc.Routes)
 	if pc.Upstream != "" {
@@ -138,8 +148,8 @@ func (s *Server) buildProxy(ctx context.Context) (*proxyState, error) {
 		if !slices.Contains(p.headerNames, r.Header) {
 			p.headerNames = append(p.headerNames, r.Header)
 		}
-		r.proxy = s.newReverseProxy(r)
-		r.fast = newUpstreamClient(u)
+		r.proxy = s.newReverseProxy(r, pc.UpstreamTimeout)
+		r.fast = newUpstreamClient(u, pc.UpstreamTimeout)
 	}
 	if !slices.Contains(p.headerNames, pc.Header) {
 		p.headerNames = append(p.headerNames, pc.Header)
@@ -238,8 +248,17 @@ var copyBuffers = &bufferPool{p: sync.Pool{New: func() any { v := make([]byte, 3
 // newReverseProxy builds the streaming reverse proxy of one route. It uses
 // Rewrite, which runs after the hop-by-hop headers (and any header named in
 // Connection) have been removed, so the assertion set here always arrives.
-func (s *Server) newReverseProxy(rt *Route) *httputil.ReverseProxy {
+// A read from the upstream that waits longer than idle fails.
+func (s *Server) newReverseProxy(rt *Route, idle time.Duration) *httputil.ReverseProxy {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return newIdleConn(c, idle), nil
+	}
 	tr.MaxIdleConnsPerHost = 1024
 	tr.MaxIdleConns = 4096
 	tr.ForceAttemptHTTP2 = true

@@ -567,6 +567,7 @@ func TestProxyConfigRefused(t *testing.T) {
 		"bad upstream":        {gateway.ProxyConfig{Upstream: "ftp://x", Identity: gateway.SourceClientCert}, "http:// or https://"},
 		"oidc, no issuer":     {gateway.ProxyConfig{Identity: gateway.SourceOIDC}, "--oidc-issuer"},
 		"bad route path":      {gateway.ProxyConfig{Identity: gateway.SourceClientCert, Routes: []gateway.Route{{Path: "api", Upstream: "http://x"}}}, "path must start with /"},
+		"negative timeout":    {gateway.ProxyConfig{Upstream: "http://127.0.0.1:1", Identity: gateway.SourceClientCert, UpstreamTimeout: -time.Second}, "--upstream-timeout"},
 	} {
 		_, err := gateway.New(context.Background(), gateway.Config{Issuer: issuer, Proxy: c.pc}, kr, nil)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

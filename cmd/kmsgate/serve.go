@@ -80,6 +80,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&sf.proxy.Header, "assertion-header", gateway.DefaultAssertionHeader, "header carrying the signed identity assertion (X-Pomerium-Jwt-Assertion for drop-in use)")
 	f.DurationVar(&sf.proxy.TTL, "assertion-ttl", 5*time.Minute, "lifetime of an identity assertion; cached copies are reused for 80% of it")
 	f.IntVar(&sf.proxy.CacheSize, "assertion-cache-size", 10000, "most cached assertions (per identity and audience), least recently used out first")
+	f.DurationVar(&sf.proxy.UpstreamTimeout, "upstream-timeout", 60*time.Second, "longest wait for the next bytes of an upstream's response; then the request fails (502 before the response started)")
 	f.BoolVar(&sf.dev, "dev", false, "development mode: an in-memory key and a printed client token; never for production")
 	return cmd
 }
