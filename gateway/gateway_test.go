@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -35,6 +36,7 @@ type env struct {
 	kr   *jwks.Keyring
 	srv  *gateway.Server
 	url  string
+	adm  *httptest.Server // the admin port
 	logs *backendtest.SyncBuffer
 }
 
@@ -66,7 +68,9 @@ func newEnv(t *testing.T, mutate func(*gateway.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{fake: f, kr: kr, srv: srv, url: "http://" + serve(t, srv, nil), logs: logs}
+	adm := httptest.NewServer(srv.AdminHandler(false))
+	t.Cleanup(adm.Close)
+	e := &env{fake: f, kr: kr, srv: srv, url: "http://" + serve(t, srv, nil), adm: adm, logs: logs}
 	t.Cleanup(func() { e.checkLogs(t) })
 	return e
 }
@@ -98,6 +102,17 @@ func (e *env) do(t *testing.T, method, path string, body string, hdr map[string]
 		req.Header.Set(k, v)
 	}
 	resp, err := testClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+// admin sends a GET to the admin port.
+func (e *env) admin(t *testing.T, path string) *http.Response {
+	t.Helper()
+	resp, err := e.adm.Client().Get(e.adm.URL + path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +173,7 @@ func TestJWKSEndpoint(t *testing.T) {
 		}
 	}
 	// The metrics saw the 304s.
-	metrics := string(readBody(t, e.do(t, "GET", "/metrics", "", nil)))
+	metrics := string(readBody(t, e.admin(t, "/metrics")))
 	if !strings.Contains(metrics, "kmsgate_jwks_not_modified_total 8") {
 		t.Errorf("304 count missing from metrics")
 	}
@@ -338,7 +353,7 @@ func TestSignBackendFailures(t *testing.T) {
 		}
 	}
 	e.fake.SetHang(false)
-	metrics := string(readBody(t, e.do(t, "GET", "/metrics", "", nil)))
+	metrics := string(readBody(t, e.admin(t, "/metrics")))
 	for _, want := range []string{`kmsgate_backend_errors_total{backend="fake",kind="throttled",op="sign"} 1`, `kind="integrity",op="sign"} 1`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)
@@ -364,7 +379,7 @@ func TestBackendDownAndBack(t *testing.T) {
 	if r.StatusCode != 200 || r.Header.Get("ETag") != etag {
 		t.Fatalf("JWKS while the backend is down: %d", r.StatusCode)
 	}
-	if r := e.do(t, "GET", "/readyz", "", nil); r.StatusCode != 200 {
+	if r := e.admin(t, "/readyz"); r.StatusCode != 200 {
 		t.Fatalf("readyz while serving the last good set: %d", r.StatusCode)
 	}
 	if r, _ := sign(t, e, clientToken, body); r.StatusCode != 503 || r.Header.Get("Retry-After") == "" {
@@ -386,7 +401,7 @@ func TestBackendDownAndBack(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	metrics := string(readBody(t, e.do(t, "GET", "/metrics", "", nil)))
+	metrics := string(readBody(t, e.admin(t, "/metrics")))
 	if !strings.Contains(metrics, `kmsgate_key_refreshes_total{backend="fake",result="error"}`) {
 		t.Error("failed refreshes are not in the metrics")
 	}
@@ -394,20 +409,29 @@ func TestBackendDownAndBack(t *testing.T) {
 
 func TestHealthAndReadiness(t *testing.T) {
 	e := newEnv(t, nil)
-	if r := e.do(t, "GET", "/healthz", "", nil); r.StatusCode != 200 {
+	if r := e.admin(t, "/healthz"); r.StatusCode != 200 {
 		t.Fatalf("healthz %d", r.StatusCode)
 	}
-	r := e.do(t, "GET", "/readyz", "", nil)
+	r := e.admin(t, "/readyz")
 	if b := readBody(t, r); r.StatusCode != 503 || !strings.Contains(string(b), "fake://k") {
 		t.Fatalf("readyz before load: %d %s", r.StatusCode, b)
 	}
 	e.refresh(t)
-	if r := e.do(t, "GET", "/readyz", "", nil); r.StatusCode != 200 {
+	if r := e.admin(t, "/readyz"); r.StatusCode != 200 {
 		t.Fatalf("readyz after load: %d", r.StatusCode)
 	}
-	metrics := string(readBody(t, e.do(t, "GET", "/metrics", "", nil)))
+	// The public port serves neither health nor metrics.
+	for _, p := range []string{"/healthz", "/readyz", "/metrics", "/debug/pprof/"} {
+		if r := e.do(t, "GET", p, "", nil); r.StatusCode != 404 {
+			t.Errorf("public %s: %d", p, r.StatusCode)
+		}
+	}
+	if r := e.do(t, "GET", "/nope", "", nil); r.StatusCode != 404 {
+		t.Errorf("unknown path: %d", r.StatusCode)
+	}
+	metrics := string(readBody(t, e.admin(t, "/metrics")))
 	for _, want := range []string{"kmsgate_keys_ready 1", `kmsgate_key_info{backend="fake",kid="` + e.kr.State().Plan.Keys[0].KID + `",role="active",state="enabled",uri="fake://k"} 1`,
-		`kmsgate_http_requests_total{code="503",endpoint="/readyz"} 1`, "kmsgate_http_request_duration_seconds_bucket"} {
+		`kmsgate_http_requests_total{code="404",endpoint="other"} 5`, "kmsgate_http_request_duration_seconds_bucket"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)
 		}
@@ -427,7 +451,9 @@ func TestConfigRefused(t *testing.T) {
 	}{
 		"no issuer":        {func(c *gateway.Config) { c.Issuer = "" }, "no issuer"},
 		"issuer not a URL": {func(c *gateway.Config) { c.Issuer = "kmsgate" }, "http:// or https://"},
-		"relative path":    {func(c *gateway.Config) { c.JWKSPaths = []string{"jwks.json"} }, "must start with /"},
+		"relative path":    {func(c *gateway.Config) { c.JWKSPaths = []string{"jwks.json"} }, "normalized absolute path"},
+		"dotted path":      {func(c *gateway.Config) { c.JWKSPaths = []string{"/a/../jwks.json"} }, "normalized absolute path"},
+		"bad prefix":       {func(c *gateway.Config) { c.Prefix = "/x/" }, "--gateway-prefix"},
 		"no client name":   {func(c *gateway.Config) { c.Clients = []gateway.Client{{TokenSHA256: tokenHash("x")}} }, "without a name"},
 		"bad hash":         {func(c *gateway.Config) { c.Clients = []gateway.Client{{Name: "a", TokenSHA256: "abc"}} }, "64 hex"},
 		"two credentials": {func(c *gateway.Config) {
@@ -491,7 +517,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if err := <-served; err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
-	if _, err := http.Get("http://" + ln.Addr().String() + "/healthz"); err == nil {
+	if _, err := http.Get("http://" + ln.Addr().String() + gateway.DefaultJWKSPath); err == nil {
 		t.Fatal("still accepting connections after shutdown")
 	}
 }

@@ -71,6 +71,7 @@ type proxyEnv struct {
 	kr   *jwks.Keyring
 	srv  *gateway.Server
 	addr string
+	adm  *httptest.Server // the admin port
 	logs *backendtest.SyncBuffer
 }
 
@@ -100,7 +101,9 @@ func newProxyEnvTLS(t *testing.T, pc gateway.ProxyConfig, tlsCfg *tls.Config) *p
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &proxyEnv{fake: f, kr: kr, srv: srv, addr: serve(t, srv, tlsCfg), logs: logs}
+	adm := httptest.NewServer(srv.AdminHandler(false))
+	t.Cleanup(adm.Close)
+	e := &proxyEnv{fake: f, kr: kr, srv: srv, addr: serve(t, srv, tlsCfg), adm: adm, logs: logs}
 	t.Cleanup(func() {
 		if l := logs.String(); strings.Contains(l, "eyJ") {
 			t.Errorf("a token reached the logs:\n%s", l)
@@ -275,7 +278,7 @@ func TestAssertionSingleFlight(t *testing.T) {
 }
 
 func scrape(t *testing.T, e *proxyEnv) string {
-	resp, err := http.Get("http://" + e.addr + "/metrics")
+	resp, err := http.Get(e.adm.URL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -566,7 +569,7 @@ func TestProxyConfigRefused(t *testing.T) {
 		"headers, no trusted": {gateway.ProxyConfig{Upstream: "http://127.0.0.1:1", Identity: gateway.SourceHeaders}, "--trusted-proxy"},
 		"bad upstream":        {gateway.ProxyConfig{Upstream: "ftp://x", Identity: gateway.SourceClientCert}, "http:// or https://"},
 		"oidc, no issuer":     {gateway.ProxyConfig{Identity: gateway.SourceOIDC}, "--oidc-issuer"},
-		"bad route path":      {gateway.ProxyConfig{Identity: gateway.SourceClientCert, Routes: []gateway.Route{{Path: "api", Upstream: "http://x"}}}, "path must start with /"},
+		"bad route path":      {gateway.ProxyConfig{Identity: gateway.SourceClientCert, Routes: []gateway.Route{{Path: "api", Upstream: "http://x"}}}, "must be a normalized absolute path"},
 		"negative timeout":    {gateway.ProxyConfig{Upstream: "http://127.0.0.1:1", Identity: gateway.SourceClientCert, UpstreamTimeout: -time.Second}, "--upstream-timeout"},
 	} {
 		_, err := gateway.New(context.Background(), gateway.Config{Issuer: issuer, Proxy: c.pc}, kr, nil)

@@ -5,13 +5,15 @@
 #     same wrk settings and connection count; p99 latency at 64 connections;
 #   - sign API tokens/s (PEM key) against a bare ecdsa.Sign loop on all cores;
 #   - resident memory of an idle `kmsgate serve`;
-#   - reverse proxy with a warm assertion cache against nginx proxy_pass to
-#     the same upstream (an nginx of its own), and the p50 it adds over a
-#     direct request (1 conn);
+#   - reverse proxy with a warm assertion cache against nginx proxy_pass and
+#     Caddy reverse_proxy to the same upstream (an nginx of its own), the
+#     three interleaved, req/s and p99 at 64 connections; and the p50 it adds
+#     over a direct request (1 conn);
 #   - backend signatures in a run with 100 distinct users and 5 min
 #     assertions (USERS_SECONDS, default 60).
 # Usage: scripts/bench.sh [seconds per wrk run, default 10]
 # WRK_THREADS (default 2) sets wrk's threads for every run.
+# kmsgate's /metrics and /readyz are read on its admin listener (--admin-listen).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -21,7 +23,7 @@ THREADS=${WRK_THREADS:-2}
 W=$(mktemp -d "${TMPDIR:-/tmp}/kmsgate-bench.XXXXXX")
 chmod 755 "$W"
 trap 'run_cleanups; rm -rf "$W"' EXIT
-need_pkg nginx wrk curl
+need_pkg nginx caddy wrk curl
 
 echo "== building kmsgate" >&2
 CGO_ENABLED=0 go build -trimpath -o "$W/kmsgate" ./cmd/kmsgate
@@ -67,8 +69,8 @@ http {
   }
 }
 CONF
-# The app behind both proxies, a small fixed answer, in its own nginx: in the
-# same nginx as the reference proxy, a worker could answer its own upstream
+# The app behind the three proxies, a small fixed answer, in its own nginx: in
+# the same nginx as the reference proxy, a worker could answer its own upstream
 # requests in-process, a shortcut no proxy in front of a separate app has.
 mkdir -p "$W/app"
 cat > "$W/app.conf" <<CONF
@@ -97,7 +99,36 @@ nginx -c "$W/app.conf" -p "$W/app" -g 'daemon off;' &
 APP_PID=$!
 add_cleanup "kill $APP_PID"
 
+# Caddy reverse_proxy to the same app, as a plain process: HTTP only (no
+# automatic HTTPS), no admin endpoint, no autosaved config, no access log,
+# kept-alive upstream connections (idle pool as large as nginx's keepalive);
+# HOME and XDG dirs in $W so that it writes nothing outside (its PKI code makes
+# $HOME/.step at start). JSON rather than a Caddyfile: Caddy 2.6's Caddyfile
+# has no persist_config.
+CADDY_PORT=$(free_port)
+mkdir -p "$W/caddy/home" "$W/caddy/data" "$W/caddy/config"
+cat > "$W/caddy.json" <<CONF
+{
+  "admin": {"disabled": true, "config": {"persist": false}},
+  "storage": {"module": "file_system", "root": "$W/caddy/data"},
+  "apps": {"http": {"grace_period": "1s", "servers": {"proxy": {
+    "listen": ["127.0.0.1:$CADDY_PORT"],
+    "automatic_https": {"disable": true},
+    "routes": [{"handle": [{
+      "handler": "reverse_proxy",
+      "upstreams": [{"dial": "127.0.0.1:$UP_PORT"}],
+      "transport": {"protocol": "http", "keep_alive": {"enabled": true, "idle_timeout": "5m", "max_idle_conns": 128, "max_idle_conns_per_host": 128}}
+    }]}]
+  }}}}
+}
+CONF
+HOME="$W/caddy/home" XDG_DATA_HOME="$W/caddy/data" XDG_CONFIG_HOME="$W/caddy/config" \
+  caddy run --config "$W/caddy.json" 2> "$W/caddy.log" &
+CADDY_PID=$!
+add_cleanup "kill $CADDY_PID"
+
 KG_PORT=$(free_port)
+KG_ADMIN_PORT=$(free_port)
 TOKEN=bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 HASH=$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)
 cat > "$W/kmsgate.yaml" <<CONF
@@ -108,7 +139,7 @@ clients:
     subjects: ["*"]
     max_ttl: 1h
 CONF
-"$W/kmsgate" serve --listen "127.0.0.1:$KG_PORT" --issuer "http://127.0.0.1:$KG_PORT" \
+"$W/kmsgate" serve --listen "127.0.0.1:$KG_PORT" --admin-listen "127.0.0.1:$KG_ADMIN_PORT" --issuer "http://127.0.0.1:$KG_PORT" \
   --key "file://$W/key.pem" --config "$W/kmsgate.yaml" --log-level warn \
   --upstream "http://127.0.0.1:$UP_PORT" --identity headers --trusted-proxy 127.0.0.1 --assertion-ttl 5m \
   2> "$W/kmsgate.log" &
@@ -116,9 +147,12 @@ KG_PID=$!
 add_cleanup "kill $KG_PID"
 wait_for_http "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json"
 wait_for_http "http://127.0.0.1:$UP_PORT/"
-wait_for_http "http://127.0.0.1:$KG_PORT/readyz"
+wait_for_http "http://127.0.0.1:$CADDY_PORT/"
+wait_for_http "http://127.0.0.1:$KG_ADMIN_PORT/readyz"
 cmp <(curl -s "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json") <(curl -s "http://127.0.0.1:$KG_PORT/.well-known/jwks.json") \
   || { echo "nginx and kmsgate serve different bytes" >&2; exit 1; }
+[ "$(curl -fs "http://127.0.0.1:$CADDY_PORT/")" = "hello from the app" ] \
+  || { echo "caddy does not answer with the app's body" >&2; exit 1; }
 
 # Idle memory, before any load.
 sleep 2
@@ -159,7 +193,7 @@ echo "== bare ecdsa.Sign on all cores (go test -bench, RunParallel)" >&2
 BARE_NS=$(go test -run '^$' -bench '^BenchmarkBareECDSAParallel$' -benchtime "${DUR}s" ./jwks/ | awk '/^BenchmarkBareECDSAParallel/ {print $3}')
 BARE_OPS=$(awk -v ns="$BARE_NS" 'BEGIN {printf "%.0f", 1e9/ns}')
 
-echo "== proxy: direct, nginx proxy_pass and kmsgate (warm cache, one user), ${DUR}s each" >&2
+echo "== proxy: direct, nginx proxy_pass, caddy reverse_proxy and kmsgate (warm cache, one user), ${DUR}s each" >&2
 cat > "$W/user.lua" <<'LUA'
 wrk.headers["X-Forwarded-User"] = "alice"
 LUA
@@ -168,8 +202,10 @@ read -r PD _ _ _ < <(wrk_run "http://127.0.0.1:$UP_PORT/")
 # Interleaved twice, as for JWKS: one run of each is at the mercy of the
 # machine's noise (nginx alone moved by 15% between runs).
 read -r PN1 PNP50 PNP99 _ < <(wrk_run "http://127.0.0.1:$NPROXY_PORT/")
+read -r PC1 PCP50 PCP99 PCBADa < <(wrk_run "http://127.0.0.1:$CADDY_PORT/")
 read -r PK1 PKP50 PKP99 PKBADa < <(wrk_run "http://127.0.0.1:$KG_PORT/" "$W/user.lua")
 read -r PN2 PNP50b PNP99b _ < <(wrk_run "http://127.0.0.1:$NPROXY_PORT/")
+read -r PC2 PCP50b PCP99b PCBADb < <(wrk_run "http://127.0.0.1:$CADDY_PORT/")
 read -r PK2 PKP50b PKP99b PKBADb < <(wrk_run "http://127.0.0.1:$KG_PORT/" "$W/user.lua")
 echo "== added latency: one connection, direct and through kmsgate" >&2
 CONNS_SAVED=$CONNS; THREADS_SAVED=$THREADS; CONNS=1; THREADS=1
@@ -186,15 +222,17 @@ request = function()
   return wrk.format("GET", "/", {["X-Forwarded-User"] = "user-" .. i})
 end
 LUA
-signs() { curl -fs "http://127.0.0.1:$KG_PORT/metrics" | awk '/^kmsgate_sign_duration_seconds_count/ {n += $2} END {print n+0}'; }
+signs() { curl -fs "http://127.0.0.1:$KG_ADMIN_PORT/metrics" | awk '/^kmsgate_sign_duration_seconds_count/ {n += $2} END {print n+0}'; }
 SIGNS_BEFORE=$(signs)
 wrk -t$THREADS -c$CONNS -d${USERS_SECONDS}s -s "$W/users.lua" "http://127.0.0.1:$KG_PORT/" > "$W/users.out"
 SIGNS_AFTER=$(signs)
 USERS_REQS=$(awk '/requests in/ {print $1}' "$W/users.out")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+mean() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", (a+b)/2}'; }
 NG=$(( (N1 + N2) / 2 )); KG=$(( (K1 + K2) / 2 ))
-PN=$(( (PN1 + PN2) / 2 )); PK=$(( (PK1 + PK2) / 2 ))
+PN=$(( (PN1 + PN2) / 2 )); PK=$(( (PK1 + PK2) / 2 )); PC=$(( (PC1 + PC2) / 2 ))
+PNP99M=$(mean "$PNP99" "$PNP99b"); PKP99M=$(mean "$PKP99" "$PKP99b")
 cat <<REPORT
 
 kmsgate load benchmark ($(nproc) cores, wrk -t$THREADS -c$CONNS -d${DUR}s, loopback)
@@ -208,8 +246,11 @@ sign   kmsgate / bare        : $(ratio "$S1" "$BARE_OPS")   (target >= 0.50)
 memory idle kmsgate serve RSS: $(( RSS_KB / 1024 )) MiB ($RSS_KB KiB; target < 40 MB)
 proxy  app direct            : $PD req/s
 proxy  nginx proxy_pass      : $PN1 / $PN2 req/s (p50 $PNP50 / $PNP50b ms, p99 $PNP99 / $PNP99b ms)
+proxy  caddy reverse_proxy   : $PC1 / $PC2 req/s (p50 $PCP50 / $PCP50b ms, p99 $PCP99 / $PCP99b ms, non-2xx $PCBADa / $PCBADb)
 proxy  kmsgate, warm cache   : $PK1 / $PK2 req/s (p50 $PKP50 / $PKP50b ms, p99 $PKP99 / $PKP99b ms, non-2xx $PKBADa / $PKBADb)
-proxy  kmsgate / nginx       : $(ratio "$PK" "$PN")   (target >= 0.70; runs $(ratio "$PK1" "$PN1") and $(ratio "$PK2" "$PN2"))
+proxy  kmsgate / nginx       : $(ratio "$PK" "$PN")   (target >= 0.55, stretch 0.70; runs $(ratio "$PK1" "$PN1") and $(ratio "$PK2" "$PN2"))
+proxy  kmsgate / caddy       : $(ratio "$PK" "$PC")   (target >= 3.0; runs $(ratio "$PK1" "$PC1") and $(ratio "$PK2" "$PC2"))
+proxy  p99 @ $CONNS conns kmsgate / nginx : $(ratio "$PKP99M" "$PNP99M")   (mean p99 kmsgate $PKP99M ms, nginx $PNP99M ms)
 proxy  p50 at 1 connection   : direct $LD50 ms, kmsgate $LK50 ms, added $(awk -v a="$LK50" -v b="$LD50" 'BEGIN {printf "%.3f", a-b}') ms   (target <= 0.3 ms)
 proxy  100 users, ${USERS_SECONDS}s       : $USERS_REQS requests, $((SIGNS_AFTER - SIGNS_BEFORE)) backend signatures   (target <= 100)
 REPORT

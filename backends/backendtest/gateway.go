@@ -60,6 +60,8 @@ func Binary(t testing.TB) string {
 type Gateway struct {
 	// URL is the base URL, http://127.0.0.1:PORT (https with TLS).
 	URL string
+	// AdminURL is the admin port's base URL (/metrics, /healthz, /readyz).
+	AdminURL string
 	// Token is the bearer token of the client "e2e" (any audience and
 	// subject, max_ttl 1h) that StartGateway puts in the config.
 	Token string
@@ -93,7 +95,8 @@ func FreePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// StartGateway runs `kmsgate serve` on a free 127.0.0.1 port with the given
+// StartGateway runs `kmsgate serve` on a free 127.0.0.1 port (and its admin
+// port on another) with the given
 // extra arguments (--key …) and a config file holding one sign API client,
 // waits until /readyz answers 200 (at most 30 s), and stops it with SIGTERM
 // when the test ends. Extra config YAML may be appended with extraConfig.
@@ -116,8 +119,9 @@ func StartGatewayNoWait(t testing.TB, extraConfig string, args ...string) *Gatew
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	full := append([]string{"serve", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--issuer", base, "--config", cfg}, args...)
-	g := &Gateway{URL: base, Token: token, Client: &http.Client{Timeout: 30 * time.Second}, stderr: &SyncBuffer{}, done: make(chan error, 1)}
+	admin := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	full := append([]string{"serve", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--admin-listen", admin, "--issuer", base, "--config", cfg}, args...)
+	g := &Gateway{URL: base, AdminURL: "http://" + admin, Token: token, Client: &http.Client{Timeout: 30 * time.Second}, stderr: &SyncBuffer{}, done: make(chan error, 1)}
 	for _, a := range args {
 		if a == "--tls-cert" {
 			g.URL = strings.Replace(base, "http://", "https://", 1)
@@ -134,7 +138,7 @@ func StartGatewayNoWait(t testing.TB, extraConfig string, args ...string) *Gatew
 	return g
 }
 
-// WaitReady polls /readyz until 200; it fails the test if the process exits
+// WaitReady polls the admin port's /readyz until 200; it fails the test if the process exits
 // or the time runs out.
 func (g *Gateway) WaitReady(t testing.TB, within time.Duration) {
 	t.Helper()
@@ -146,7 +150,7 @@ func (g *Gateway) WaitReady(t testing.TB, within time.Duration) {
 			t.Fatalf("kmsgate serve exited before it was ready (%v):\n%s", err, g.stderr.String())
 		default:
 		}
-		resp, err := g.Client.Get(g.URL + "/readyz")
+		resp, err := g.Client.Get(g.AdminURL + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {

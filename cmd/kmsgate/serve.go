@@ -34,20 +34,25 @@ import (
 // serveFlags are the flags of `kmsgate serve`.
 type serveFlags struct {
 	keyFlags
-	listen      string
-	issuer      string
-	jwksPaths   []string
-	jwksMaxAge  time.Duration
-	refresh     time.Duration
-	tlsCert     string
-	tlsKey      string
-	tlsClientCA string
-	maxBody     int64
-	grace       time.Duration
-	dev         bool
-	proxy       gateway.ProxyConfig
-	trusted     []string
-	devSource   *jwks.Source // the --dev in-memory key
+	listen         string
+	adminListen    string
+	pprof          bool
+	publicHealth   bool
+	prefix         string
+	escapedSlashes string
+	issuer         string
+	jwksPaths      []string
+	jwksMaxAge     time.Duration
+	refresh        time.Duration
+	tlsCert        string
+	tlsKey         string
+	tlsClientCA    string
+	maxBody        int64
+	grace          time.Duration
+	dev            bool
+	proxy          gateway.ProxyConfig
+	trusted        []string
+	devSource      *jwks.Source // the --dev in-memory key
 }
 
 func newServeCmd() *cobra.Command {
@@ -63,6 +68,11 @@ func newServeCmd() *cobra.Command {
 	sf.register(cmd)
 	f := cmd.Flags()
 	f.StringVar(&sf.listen, "listen", ":8080", "address to listen on (--dev: 127.0.0.1:8080)")
+	f.StringVar(&sf.adminListen, "admin-listen", "127.0.0.1:9090", "address of the admin port: /metrics, /healthz, /readyz (never on the public port); empty: no admin port")
+	f.BoolVar(&sf.pprof, "pprof", false, "serve Go runtime profiles under /debug/pprof/ on the admin port")
+	f.BoolVar(&sf.publicHealth, "public-health", false, "also answer /healthz and /readyz on the public port (for load balancers that probe only the traffic port)")
+	f.StringVar(&sf.prefix, "gateway-prefix", "", "path put before the gateway's own /v1/ endpoints (e.g. /.kmsgate), to leave /v1/ to an upstream")
+	f.StringVar(&sf.escapedSlashes, "escaped-slashes", "reject", "what to do with %2F and %5C (encoded slash and backslash) in a path: reject (400) or keep (forwarded encoded, never a separator)")
 	f.StringVar(&sf.issuer, "issuer", "", "iss of every token and base URL of the jwks_uri, e.g. https://kmsgate.example.com (required)")
 	f.StringSliceVar(&sf.jwksPaths, "jwks-path", nil, "extra paths serving the key set, e.g. /.well-known/pomerium/jwks.json")
 	f.DurationVar(&sf.jwksMaxAge, "jwks-max-age", 300*time.Second, "Cache-Control max-age of the key set (capped at half of --prepublish)")
@@ -147,9 +157,13 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 		sf.proxy.TrustedProxies = append(sf.proxy.TrustedProxies, p)
 	}
 	sf.proxy.Routes = sections.Routes
+	if sf.escapedSlashes != "reject" && sf.escapedSlashes != "keep" {
+		return usagef("--escaped-slashes %q: want reject or keep", sf.escapedSlashes)
+	}
 	srv, err := gateway.New(ctx, gateway.Config{
 		Issuer: sf.issuer, JWKSPaths: sf.jwksPaths, MaxAge: sf.jwksMaxAge, Prepublish: sf.prepublish,
 		RequestTimeout: sf.requestTimeout, MaxBody: sf.maxBody, Clients: sections.Clients, Proxy: sf.proxy, Logger: log,
+		Prefix: sf.prefix, PublicHealth: sf.publicHealth, KeepEscapedSlashes: sf.escapedSlashes == "keep",
 	}, kr, metrics)
 	if err != nil {
 		return usageError{err}
@@ -173,19 +187,42 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	var adminLn net.Listener
+	if sf.adminListen != "" {
+		if adminLn, err = net.Listen("tcp", sf.adminListen); err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("admin listen (--admin-listen): %w", err)
+		}
+	} else if sf.pprof {
+		_ = ln.Close()
+		return usagef("--pprof needs the admin port (--admin-listen)")
+	}
 	scheme := "http"
 	if tlsCfg != nil {
 		scheme = "https"
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "issuer", sf.issuer, "keys", len(kr.Sources()))
 	if sf.dev {
-		printDevHelp(cmd.OutOrStdout(), scheme+"://"+ln.Addr().String(), devToken)
+		admin := "(no admin port)"
+		if adminLn != nil {
+			admin = "http://" + adminLn.Addr().String()
+		}
+		printDevHelp(cmd.OutOrStdout(), scheme+"://"+ln.Addr().String(), admin, devToken)
 	}
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	go kr.Run(runCtx, sf.refresh, refreshTimeout)
-	return srv.Serve(ctx, ln, tlsCfg, sf.grace)
+	adminDone := make(chan error, 1)
+	if adminLn != nil {
+		log.Info("admin listening", "addr", adminLn.Addr().String(), "pprof", sf.pprof)
+		go func() { adminDone <- srv.ServeAdmin(runCtx, adminLn, sf.pprof) }()
+	} else {
+		adminDone <- nil
+	}
+	err = srv.Serve(ctx, ln, tlsCfg, sf.grace)
+	stop()
+	return errors.Join(err, <-adminDone)
 }
 
 // setupDev adds an in-memory key when no --key is given and a development
@@ -215,7 +252,7 @@ func setupDev(sf *serveFlags, sections *configSectionsFile) (string, error) {
 	return tok, nil
 }
 
-func printDevHelp(w io.Writer, base, token string) {
+func printDevHelp(w io.Writer, base, admin, token string) {
 	fmt.Fprintf(w, `
 kmsgate is running in development mode: an in-memory key that is gone when it stops.
 Never use --dev in production.
@@ -223,6 +260,7 @@ Never use --dev in production.
   JWKS:            %[1]s/.well-known/jwks.json
   discovery:       %[1]s/.well-known/openid-configuration
   dev client token: %[2]s
+  admin port:      %[3]s (/metrics, /healthz, /readyz)
 
 Try:
   curl -s %[1]s/.well-known/jwks.json
@@ -230,7 +268,7 @@ Try:
        -d '{"claims":{"sub":"alice","aud":"demo"},"ttl":"5m"}'
   kmsgate verify --jwks %[1]s/.well-known/jwks.json TOKEN
 
-`, base, token)
+`, base, token, admin)
 }
 
 // loadTLS builds the server's TLS configuration, or nil without --tls-cert.

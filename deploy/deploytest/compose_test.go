@@ -40,12 +40,17 @@ type composeService struct {
 	Environment map[string]string `json:"environment"`
 	Volumes     []string          `json:"volumes"`
 	Networks    any               `json:"networks"`
+	Ports       []any             `json:"ports"`
+	Healthcheck *struct {
+		Test any `json:"test"`
+	} `json:"healthcheck"`
 }
 
 // demoConfig is the part of deploy/compose/config.yaml the tests read.
 type demoConfig struct {
 	Issuer       string   `json:"issuer"`
 	Listen       string   `json:"listen"`
+	AdminListen  string   `json:"admin-listen"`
 	Upstream     string   `json:"upstream"`
 	Identity     string   `json:"identity"`
 	TrustedProxy []string `json:"trusted-proxy"`
@@ -155,6 +160,49 @@ func TestComposeFilesAgree(t *testing.T) {
 	if err != nil || jwksURL.Hostname() != "kmsgate" || jwksURL.Port() != strings.TrimPrefix(cfg.Listen, ":") || jwksURL.Path != "/.well-known/jwks.json" {
 		t.Errorf("KMSGATE_JWKS_URL %q: want http://kmsgate:%s/.well-known/jwks.json", app.Environment["KMSGATE_JWKS_URL"], strings.TrimPrefix(cfg.Listen, ":"))
 	}
+
+	// The admin listener (metrics, health) stays inside the kmsgate
+	// container: on its loopback, with no port published. (TestComposeDemo
+	// moves it by rewriting this value, so config.yaml must set it.)
+	adminHost, adminPort, err := net.SplitHostPort(cfg.AdminListen)
+	if ip := net.ParseIP(adminHost); err != nil || (adminHost != "localhost" && (ip == nil || !ip.IsLoopback())) {
+		t.Errorf("admin-listen %q: want a loopback address such as 127.0.0.1:9090; nothing outside the kmsgate container uses the admin endpoints", cfg.AdminListen)
+	}
+	if adminPort == strings.TrimPrefix(cfg.Listen, ":") {
+		t.Errorf("admin-listen %q and listen %q share a port", cfg.AdminListen, cfg.Listen)
+	}
+	if len(gw.Ports) > 0 {
+		t.Errorf("kmsgate publishes ports %v: only the proxy is user-facing", gw.Ports)
+	}
+	// A healthcheck runs inside its own container, so kmsgate's can reach
+	// the admin listener on loopback; another container's cannot.
+	for name, s := range cf.Services {
+		if s.Healthcheck == nil {
+			continue
+		}
+		test := fmt.Sprint(s.Healthcheck.Test)
+		switch {
+		case name == "kmsgate" && !regexp.MustCompile(`(127\.0\.0\.1|localhost):`+adminPort+`/(healthz|readyz)\b`).MatchString(test):
+			t.Errorf("kmsgate's healthcheck %s: want /healthz or /readyz on the admin listener, 127.0.0.1:%s", test, adminPort)
+		case name != "kmsgate" && strings.Contains(test, "kmsgate:"+adminPort):
+			t.Errorf("%s's healthcheck %s probes kmsgate's admin port, which listens on kmsgate's loopback only", name, test)
+		}
+	}
+
+	// nginx, the user-facing side, sends to kmsgate's traffic port only.
+	conf, err := os.ReadFile(filepath.Join(dir, "nginx.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	passes := regexp.MustCompile(`proxy_pass\s+https?://kmsgate(?::(\d+))?`).FindAllStringSubmatch(string(conf), -1)
+	if len(passes) == 0 {
+		t.Error("nginx.conf does not proxy to kmsgate")
+	}
+	for _, m := range passes {
+		if m[1] != strings.TrimPrefix(cfg.Listen, ":") {
+			t.Errorf("nginx.conf: %s, want kmsgate's traffic port %s", m[0], strings.TrimPrefix(cfg.Listen, ":"))
+		}
+	}
 }
 
 // TestComposeDemo runs the demo's three programs with the demo's own files,
@@ -169,10 +217,17 @@ func TestComposeDemo(t *testing.T) {
 	var cf composeFile
 	readYAML(t, filepath.Join(dir, "compose.yaml"), &cf)
 
-	gwAddr, appAddr, proxyAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	var cfg demoConfig
+	readYAML(t, filepath.Join(dir, "config.yaml"), &cfg)
+	if cfg.AdminListen == "" {
+		t.Fatal("config.yaml sets no admin-listen for this test to move")
+	}
+
+	gwAddr, adminAddr, appAddr, proxyAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	rewrite := strings.NewReplacer(
 		"kmsgate:8080", gwAddr,
 		`":8080"`, `"`+gwAddr+`"`,
+		`"`+cfg.AdminListen+`"`, `"`+adminAddr+`"`,
 		"http://app:8000", "http://"+appAddr,
 		":8000", appAddr,
 		"172.28.0.10/32", "127.0.0.1/32",
@@ -185,7 +240,11 @@ func TestComposeDemo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(cfgPath, []byte(rewrite.Replace(string(cfgData))), 0o644); err != nil {
+	cfgData = []byte(rewrite.Replace(string(cfgData)))
+	if !strings.Contains(string(cfgData), `"`+adminAddr+`"`) {
+		t.Fatalf("admin-listen %q was not rewritten (write it in double quotes):\n%s", cfg.AdminListen, cfgData)
+	}
+	if err := os.WriteFile(cfgPath, cfgData, 0o644); err != nil {
 		t.Fatal(err)
 	}
 
@@ -197,7 +256,12 @@ func TestComposeDemo(t *testing.T) {
 		}
 	}
 	gw := start(t, "kmsgate", cleanEnv(), bin, args...)
-	gw.waitHTTP(t, "http://"+gwAddr+"/readyz", 200)
+	// Readiness and metrics on the admin listener.
+	gw.waitHTTP(t, "http://"+adminAddr+"/readyz", 200)
+	gw.waitHTTP(t, "http://"+adminAddr+"/healthz", 200)
+	if status, body := httpGet(t, "http://"+adminAddr+"/metrics"); status != 200 || !strings.Contains(body, "\nkmsgate_keys_ready 1\n") {
+		t.Errorf("admin GET /metrics: %d, want 200 with kmsgate_keys_ready 1:\n%.500s", status, body)
+	}
 
 	// The app, with the compose environment. kmsgate signs for the
 	// upstream's host name, here 127.0.0.1 (TestComposeFilesAgree checks
@@ -230,9 +294,9 @@ func TestComposeDemo(t *testing.T) {
 	px.waitHTTP(t, "http://"+proxyAddr+"/", 401)
 
 	client := &http.Client{Timeout: 10 * time.Second}
-	get := func(base, user, pass string, header map[string]string) (int, string) {
+	get := func(url, user, pass string, header map[string]string) (int, string) {
 		t.Helper()
-		req, err := http.NewRequest(http.MethodGet, base+"/hello", nil)
+		req, err := http.NewRequest(http.MethodGet, url, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -251,7 +315,7 @@ func TestComposeDemo(t *testing.T) {
 		return resp.StatusCode, string(b)
 	}
 
-	proxyURL := "http://" + proxyAddr
+	proxyURL := "http://" + proxyAddr + "/hello"
 	for _, user := range []string{"alice", "bob"} {
 		// A client's own identity headers and assertion are overwritten
 		// on the way.
@@ -282,6 +346,19 @@ func TestComposeDemo(t *testing.T) {
 		}
 	}
 
+	// kmsgate's admin endpoints are not on its traffic port, so through
+	// the proxy these paths are the app's like any other.
+	for _, path := range []string{"/metrics", "/healthz", "/readyz"} {
+		status, body := get("http://"+proxyAddr+path, "alice", "demo", nil)
+		var got struct {
+			Path   string         `json:"path"`
+			Claims map[string]any `json:"claims"`
+		}
+		if err := json.Unmarshal([]byte(body), &got); status != 200 || err != nil || got.Path != path || got.Claims["user"] != "alice" || strings.Contains(body, "kmsgate_") {
+			t.Errorf("GET %s through the proxy: %d %.300s, want the app's answer", path, status, body)
+		}
+	}
+
 	// Without a login, or with a wrong password, nginx stops the request.
 	if status, _ := get(proxyURL, "", "", nil); status != 401 {
 		t.Errorf("no credentials: %d, want 401", status)
@@ -290,7 +367,7 @@ func TestComposeDemo(t *testing.T) {
 		t.Errorf("wrong password: %d, want 401", status)
 	}
 	// The app refuses requests that did not come through kmsgate.
-	appURL := "http://" + appAddr
+	appURL := "http://" + appAddr + "/hello"
 	if status, body := get(appURL, "", "", nil); status != 401 || !strings.Contains(body, `"code"`) {
 		t.Errorf("app without an assertion: %d %s, want 401 with a JSON error", status, body)
 	}

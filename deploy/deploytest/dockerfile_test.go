@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -233,8 +234,11 @@ func TestDockerfileRunsAsNonRootOnMinimalBase(t *testing.T) {
 		t.Errorf("stages %v: want build, demo-app and release (compose.yaml uses the last two)", stages)
 	}
 	var user, entrypoint, copySrc string
+	var exposed []string
 	for _, in := range last {
 		switch in.op {
+		case "EXPOSE":
+			exposed = append(exposed, strings.Fields(in.args)...)
 		case "USER":
 			user = in.args
 		case "ENTRYPOINT":
@@ -250,6 +254,24 @@ func TestDockerfileRunsAsNonRootOnMinimalBase(t *testing.T) {
 	}
 	if entrypoint != `["/kmsgate"]` {
 		t.Errorf("ENTRYPOINT %s, want [\"/kmsgate\"]", entrypoint)
+	}
+	// EXPOSE documents the ports the Kubernetes container has: traffic and
+	// the admin listener.
+	r, err := decodeStrict(kustomize(t, filepath.Join(root, "deploy", "kubernetes", "base")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, p := range one(t, "container", one(t, "Deployment", r.deployments).Spec.Template.Spec.Containers).Ports {
+		want = append(want, fmt.Sprint(p.ContainerPort))
+	}
+	for i, e := range exposed {
+		exposed[i] = strings.TrimSuffix(e, "/tcp")
+	}
+	slices.Sort(want)
+	slices.Sort(exposed)
+	if !slices.Equal(exposed, want) {
+		t.Errorf("the release stage EXPOSEs %v, the Kubernetes container has ports %v", exposed, want)
 	}
 	build, _ := dockerfileBuildCommand(filepath.Join(root, "deploy", "Dockerfile"))
 	outPath := regexp.MustCompile(`-o (\S+)`).FindStringSubmatch(build)

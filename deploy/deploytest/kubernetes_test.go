@@ -3,13 +3,16 @@ package deploytest
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -155,7 +158,7 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 }
 
-func one[T any](t *testing.T, kind string, objs []T) T {
+func one[T any](t testing.TB, kind string, objs []T) T {
 	t.Helper()
 	if len(objs) != 1 {
 		t.Fatalf("want exactly one %s, got %d", kind, len(objs))
@@ -176,9 +179,8 @@ func selects(selector, labels map[string]string) bool {
 }
 
 // checkManifests asserts what every rendering must have.
-func checkManifests(t *testing.T, r *rendered) {
+func checkManifests(t testing.TB, r *rendered) {
 	d := one(t, "Deployment", r.deployments)
-	svc := one(t, "Service", r.services)
 	sa := one(t, "ServiceAccount", r.serviceAccounts)
 	cm := one(t, "ConfigMap", r.configMaps)
 	hpa := one(t, "HorizontalPodAutoscaler", r.hpas)
@@ -231,36 +233,61 @@ func checkManifests(t *testing.T, r *rendered) {
 		t.Errorf("the memory limit %v must be set and at least the request", q)
 	}
 
-	var httpPort int32
+	var httpPort, adminPort int32
 	for _, p := range c.Ports {
-		if p.Name == "http" {
+		switch p.Name {
+		case "http":
 			httpPort = p.ContainerPort
+		case "admin":
+			adminPort = p.ContainerPort
 		}
 	}
-	if httpPort == 0 {
-		t.Fatal("the container has no port named http")
+	if httpPort == 0 || adminPort == 0 || httpPort == adminPort {
+		t.Fatalf("container ports %+v: want two, named http (traffic) and admin (metrics and probes)", c.Ports)
 	}
+	// The kubelet probes the admin listener, which serves /healthz and
+	// /readyz; the traffic port has them only with --public-health.
 	probe := func(name string, p *corev1.Probe, wantPath string) {
 		if p == nil || p.HTTPGet == nil {
 			t.Errorf("%s probe: want an HTTP GET of %s", name, wantPath)
 			return
 		}
-		if p.HTTPGet.Path != wantPath || p.HTTPGet.Port != intstr.FromString("http") {
-			t.Errorf("%s probe: GET %s on port %s, want %s on http", name, p.HTTPGet.Path, p.HTTPGet.Port.String(), wantPath)
+		if p.HTTPGet.Path != wantPath || p.HTTPGet.Port != intstr.FromString("admin") {
+			t.Errorf("%s probe: GET %s on port %s, want %s on admin", name, p.HTTPGet.Path, p.HTTPGet.Port.String(), wantPath)
 		}
 	}
 	probe("readiness", c.ReadinessProbe, "/readyz")
 	probe("liveness", c.LivenessProbe, "/healthz")
 
+	// Prometheus scrapes /metrics on the admin port.
+	ann := d.Spec.Template.Annotations
+	if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] != strconv.Itoa(int(adminPort)) || ann["prometheus.io/path"] != "/metrics" {
+		t.Errorf("pod annotations scrape=%q port=%q path=%q: want true, %d (the admin port) and /metrics",
+			ann["prometheus.io/scrape"], ann["prometheus.io/port"], ann["prometheus.io/path"], adminPort)
+	}
+
 	// --config names a file of the ConfigMap, mounted read-only.
 	args := c.Args
-	i := slices.Index(args, "--config")
-	if len(args) == 0 || args[0] != "serve" || i < 0 || i+1 >= len(args) {
+	configPath, ok := flagValue(args, "--config")
+	if len(args) == 0 || args[0] != "serve" || !ok {
 		t.Fatalf("container args %q: want serve --config FILE", args)
 	}
-	configPath := args[i+1]
-	if j := slices.Index(args, "--listen"); j < 0 || j+1 >= len(args) || args[j+1] != fmt.Sprintf(":%d", httpPort) {
+	if v, _ := flagValue(args, "--listen"); v != fmt.Sprintf(":%d", httpPort) {
 		t.Errorf("container args %q: want --listen :%d (the http port)", args, httpPort)
+	}
+	// The admin listener must listen on the pod IP: its default,
+	// 127.0.0.1:9090, is out of reach of the kubelet and Prometheus.
+	var fileConfig map[string]any
+	if err := yaml.Unmarshal([]byte(cm.Data[path.Base(configPath)]), &fileConfig); err != nil {
+		t.Errorf("%s: %v", configPath, err)
+	}
+	admin, from := effectiveSetting(args, c.Env, fileConfig, "admin-listen", defaultAdminListen)
+	if host, port, err := net.SplitHostPort(admin); err != nil || (host != "" && host != "0.0.0.0" && host != "::") || port != strconv.Itoa(int(adminPort)) {
+		t.Errorf("the admin listener is %q (from %s): want :%d, all addresses of the pod on the admin port", admin, from, adminPort)
+	}
+	// pprof on the pod IP would be open to every pod of the cluster.
+	if pprof, from := effectiveSetting(args, c.Env, fileConfig, "pprof", "false"); pprof != "false" {
+		t.Errorf("pprof is %q (from %s): not in the production manifests", pprof, from)
 	}
 	var mounted bool
 	for _, m := range c.VolumeMounts {
@@ -294,14 +321,37 @@ func checkManifests(t *testing.T, r *rendered) {
 		t.Errorf("--config %s is not a file of a read-only mounted ConfigMap", configPath)
 	}
 
-	if !selects(svc.Spec.Selector, podLabels) {
-		t.Errorf("the Service selects %v, the pods have %v", svc.Spec.Selector, podLabels)
-	}
-	for _, p := range svc.Spec.Ports {
-		if p.TargetPort != intstr.FromString("http") {
-			t.Errorf("Service port %s targets %s, want the container's http port", p.Name, p.TargetPort.String())
+	// One Service carries the traffic, to the http port only. The admin
+	// port is on no Service but, at most, a headless one of its own.
+	var traffic []*corev1.Service
+	for _, s := range r.services {
+		if !selects(s.Spec.Selector, podLabels) {
+			t.Errorf("Service %s selects %v, the pods have %v", s.Name, s.Spec.Selector, podLabels)
+		}
+		var toHTTP, toAdmin bool
+		for _, p := range s.Spec.Ports {
+			switch target := containerPortOf(c, p); target {
+			case httpPort:
+				toHTTP = true
+				if p.TargetPort != intstr.FromString("http") {
+					t.Errorf("Service %s port %s targets %s, want the container's http port by name", s.Name, p.Name, p.TargetPort.String())
+				}
+			case adminPort:
+				toAdmin = true
+			default:
+				t.Errorf("Service %s port %s targets %s, no port of the container", s.Name, p.Name, p.TargetPort.String())
+			}
+		}
+		switch {
+		case toHTTP && toAdmin:
+			t.Errorf("Service %s exposes the admin port %d (metrics, health) next to the traffic", s.Name, adminPort)
+		case toHTTP:
+			traffic = append(traffic, s)
+		case toAdmin && s.Spec.ClusterIP != corev1.ClusterIPNone:
+			t.Errorf("Service %s exposes the admin port %d: want none, or a headless one (clusterIP: None)", s.Name, adminPort)
 		}
 	}
+	svc := one(t, "Service with the http port", traffic)
 
 	ref := hpa.Spec.ScaleTargetRef
 	if ref.APIVersion != "apps/v1" || ref.Kind != "Deployment" || ref.Name != d.Name {
@@ -323,7 +373,11 @@ func checkManifests(t *testing.T, r *rendered) {
 
 	// Everything in one namespace.
 	ns := d.Namespace
-	for _, o := range []string{svc.Namespace, sa.Namespace, cm.Namespace, hpa.Namespace, pdb.Namespace} {
+	objNamespaces := []string{svc.Namespace, sa.Namespace, cm.Namespace, hpa.Namespace, pdb.Namespace}
+	for _, s := range r.services {
+		objNamespaces = append(objNamespaces, s.Namespace)
+	}
+	for _, o := range objNamespaces {
 		if o != ns {
 			t.Errorf("objects are spread over namespaces %q and %q", ns, o)
 		}
@@ -383,16 +437,12 @@ func TestKubernetesConfigStartsTheGateway(t *testing.T) {
 			if err := os.WriteFile(cfgPath, []byte(cm.Data["config.yaml"]), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			addr := freeAddr(t)
-			args := slices.Clone(c.Args)
-			for i := range args {
-				switch {
-				case i > 0 && args[i-1] == "--config":
-					args[i] = cfgPath
-				case i > 0 && args[i-1] == "--listen":
-					args[i] = addr
-				}
-			}
+			addr, admin := freeAddr(t), freeAddr(t)
+			args := setFlag(slices.Clone(c.Args), "--config", cfgPath)
+			args = setFlag(args, "--listen", addr)
+			// A flag beats the environment and the config file, so this
+			// moves the admin listener wherever the manifests set it.
+			args = setFlag(args, "--admin-listen", admin)
 			// A flag beats the config file, so the KMS key URIs are not opened.
 			args = append(args, "--key", key)
 			env := cleanEnv()
@@ -402,8 +452,22 @@ func TestKubernetesConfigStartsTheGateway(t *testing.T) {
 				}
 			}
 			p := start(t, "kmsgate "+k, env, bin, args...)
-			p.waitHTTP(t, "http://"+addr+"/readyz", 200)
-			p.waitHTTP(t, "http://"+addr+"/healthz", 200)
+			// The probes' endpoints, on the admin listener.
+			p.waitHTTP(t, "http://"+admin+"/readyz", 200)
+			p.waitHTTP(t, "http://"+admin+"/healthz", 200)
+			if status, body := httpGet(t, "http://"+admin+"/metrics"); status != 200 || !strings.Contains(body, "\nkmsgate_keys_ready 1\n") {
+				t.Errorf("admin GET /metrics: %d, want 200 with kmsgate_keys_ready 1:\n%.500s", status, body)
+			}
+			// The traffic port serves the key set but none of the admin
+			// endpoints (these manifests do not set --public-health).
+			if status, body := httpGet(t, "http://"+addr+"/.well-known/jwks.json"); status != 200 || !strings.Contains(body, `"keys"`) {
+				t.Errorf("GET /.well-known/jwks.json on the traffic port: %d %.200s", status, body)
+			}
+			for _, path := range []string{"/metrics", "/healthz", "/readyz"} {
+				if status, body := httpGet(t, "http://"+addr+path); status != 404 {
+					t.Errorf("GET %s on the traffic port: %d %.200s, want 404 (admin port only)", path, status, body)
+				}
+			}
 		})
 	}
 }
@@ -452,6 +516,87 @@ func checkVaultOverlay(t *testing.T, r *rendered) {
 	}
 }
 
+// defaultAdminListen is the default of kmsgate serve --admin-listen.
+const defaultAdminListen = "127.0.0.1:9090"
+
+// flagValue returns the value of a flag in container args, given as
+// "--name VALUE" or "--name=VALUE" (the last one wins, as in kmsgate).
+func flagValue(args []string, name string) (string, bool) {
+	var v string
+	var ok bool
+	for i, a := range args {
+		switch {
+		case a == name && i+1 < len(args):
+			v, ok = args[i+1], true
+		case strings.HasPrefix(a, name+"="):
+			v, ok = strings.TrimPrefix(a, name+"="), true
+		}
+	}
+	return v, ok
+}
+
+// setFlag sets a flag's value in container args: in place where the args
+// have it, else appended.
+func setFlag(args []string, name, value string) []string {
+	var found bool
+	for i, a := range args {
+		switch {
+		case a == name && i+1 < len(args):
+			args[i+1], found = value, true
+		case strings.HasPrefix(a, name+"="):
+			args[i], found = name+"="+value, true
+		}
+	}
+	if !found {
+		args = append(args, name, value)
+	}
+	return args
+}
+
+// effectiveSetting resolves a setting of kmsgate serve the way kmsgate
+// does: the flag (a bare boolean flag is "true"), else its environment
+// variable KMSGATE_NAME, else the config file key, else the default. It
+// also returns where the value came from.
+func effectiveSetting(args []string, env []corev1.EnvVar, config map[string]any, name, def string) (string, string) {
+	if v, ok := flagValue(args, "--"+name); ok {
+		return v, "--" + name
+	}
+	if slices.Contains(args, "--"+name) {
+		return "true", "--" + name
+	}
+	envName := "KMSGATE_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+	for _, e := range env {
+		if e.Name == envName {
+			if e.ValueFrom != nil {
+				return "(valueFrom)", envName
+			}
+			return e.Value, envName
+		}
+	}
+	if v, ok := config[name]; ok {
+		return fmt.Sprint(v), "config key " + name
+	}
+	return def, "the default"
+}
+
+// containerPortOf returns the container port a Service port sends to: its
+// targetPort by name or number, or its port when targetPort is unset.
+func containerPortOf(c corev1.Container, p corev1.ServicePort) int32 {
+	switch {
+	case p.TargetPort.Type == intstr.String:
+		for _, cp := range c.Ports {
+			if cp.Name == p.TargetPort.StrVal {
+				return cp.ContainerPort
+			}
+		}
+		return 0
+	case p.TargetPort.IntVal != 0:
+		return p.TargetPort.IntVal
+	default:
+		return p.Port
+	}
+}
+
 // objectsByName decodes rendered manifests into generic objects keyed by
 // kind, namespace and name, so that two renderings compare regardless of
 // document order and formatting.
@@ -486,5 +631,112 @@ func TestKustomizeMatchesKubectl(t *testing.T) {
 		if !reflect.DeepEqual(lib, cli) {
 			t.Errorf("%s: the kustomize library and kubectl kustomize render differently:\nlibrary: %v\nkubectl: %v", k, lib, cli)
 		}
+	}
+}
+
+// recorder is a testing.TB that collects failures instead of reporting
+// them, so that a test can check that checkManifests catches a mistake.
+type recorder struct {
+	testing.TB
+	failures []string
+}
+
+func (r *recorder) Helper()        {}
+func (r *recorder) Error(a ...any) { r.failures = append(r.failures, fmt.Sprint(a...)) }
+func (r *recorder) Errorf(format string, a ...any) {
+	r.failures = append(r.failures, fmt.Sprintf(format, a...))
+}
+func (r *recorder) Fatal(a ...any)                 { r.Error(a...); runtime.Goexit() }
+func (r *recorder) Fatalf(format string, a ...any) { r.Errorf(format, a...); runtime.Goexit() }
+
+// TestManifestChecksCatchAdminPortMistakes breaks the base rendering in the
+// ways the admin listener is easy to get wrong and checks that
+// checkManifests reports each, and accepts the equivalent good variants.
+func TestManifestChecksCatchAdminPortMistakes(t *testing.T) {
+	manifests := kustomize(t, filepath.Join(root, "deploy", "kubernetes", "base"))
+	container := func(r *rendered) *corev1.Container { return &r.deployments[0].Spec.Template.Spec.Containers[0] }
+	withoutFlag := func(args []string, name string) []string {
+		i := slices.Index(args, name)
+		return slices.Delete(args, i, i+2)
+	}
+	for _, tc := range []struct {
+		name   string
+		mutate func(r *rendered)
+		want   string // a part of the failure; "" for none
+	}{
+		{"unchanged", func(*rendered) {}, ""},
+		{"readiness probe on http", func(r *rendered) {
+			container(r).ReadinessProbe.HTTPGet.Port = intstr.FromString("http")
+		}, "readiness probe: GET /readyz on port http"},
+		{"liveness probe on 9090 by number", func(r *rendered) {
+			container(r).LivenessProbe.HTTPGet.Port = intstr.FromInt32(9090)
+		}, "liveness probe: GET /healthz on port 9090"},
+		{"scrape annotation on 8080", func(r *rendered) {
+			r.deployments[0].Spec.Template.Annotations["prometheus.io/port"] = "8080"
+		}, `port="8080" path="/metrics": want true, 9090 (the admin port)`},
+		{"no admin container port", func(r *rendered) {
+			container(r).Ports = container(r).Ports[:1]
+		}, "named http (traffic) and admin"},
+		{"admin listener left at its loopback default", func(r *rendered) {
+			container(r).Args = withoutFlag(container(r).Args, "--admin-listen")
+		}, `the admin listener is "127.0.0.1:9090" (from the default)`},
+		{"admin listener on loopback by flag", func(r *rendered) {
+			container(r).Args = setFlag(container(r).Args, "--admin-listen", "127.0.0.1:9090")
+		}, `"127.0.0.1:9090" (from --admin-listen)`},
+		{"admin listener on another port", func(r *rendered) {
+			container(r).Args = setFlag(container(r).Args, "--admin-listen", ":9091")
+		}, `":9091" (from --admin-listen)`},
+		{"admin listener from the environment", func(r *rendered) {
+			c := container(r)
+			c.Args = withoutFlag(c.Args, "--admin-listen")
+			c.Env = append(c.Env, corev1.EnvVar{Name: "KMSGATE_ADMIN_LISTEN", Value: ":9090"})
+		}, ""},
+		{"admin listener from the config file", func(r *rendered) {
+			c := container(r)
+			c.Args = withoutFlag(c.Args, "--admin-listen")
+			r.configMaps[0].Data["config.yaml"] += "admin-listen: \"0.0.0.0:9090\"\n"
+		}, ""},
+		{"pprof", func(r *rendered) {
+			container(r).Args = append(container(r).Args, "--pprof")
+		}, "pprof is"},
+		{"admin port on the traffic Service", func(r *rendered) {
+			s := r.services[0]
+			s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: "admin", Port: 9090, TargetPort: intstr.FromString("admin")})
+		}, "exposes the admin port 9090 (metrics, health) next to the traffic"},
+		{"admin port on the traffic Service by number", func(r *rendered) {
+			s := r.services[0]
+			s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: "metrics", Port: 9090})
+		}, "exposes the admin port 9090 (metrics, health) next to the traffic"},
+		{"a ClusterIP metrics Service", func(r *rendered) {
+			s := r.services[0].DeepCopy()
+			s.Name = "kmsgate-metrics"
+			s.Spec.Ports = []corev1.ServicePort{{Name: "admin", Port: 9090, TargetPort: intstr.FromString("admin")}}
+			r.services = append(r.services, s)
+		}, "Service kmsgate-metrics exposes the admin port 9090: want none, or a headless one"},
+		{"a headless metrics Service", func(r *rendered) {
+			s := r.services[0].DeepCopy()
+			s.Name = "kmsgate-metrics"
+			s.Spec.ClusterIP = corev1.ClusterIPNone
+			s.Spec.Ports = []corev1.ServicePort{{Name: "admin", Port: 9090, TargetPort: intstr.FromString("admin")}}
+			r.services = append(r.services, s)
+		}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := decodeStrict(manifests)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.mutate(r)
+			rec := &recorder{TB: t}
+			done := make(chan struct{})
+			go func() { defer close(done); checkManifests(rec, r) }()
+			<-done
+			switch {
+			case tc.want == "" && len(rec.failures) > 0:
+				t.Errorf("checkManifests failed a good variant: %q", rec.failures)
+			case tc.want != "" && !slices.ContainsFunc(rec.failures, func(f string) bool { return strings.Contains(f, tc.want) }):
+				t.Errorf("checkManifests reported %q, want a failure containing %q", rec.failures, tc.want)
+			}
+		})
 	}
 }

@@ -200,6 +200,20 @@ func (p *process) waitHTTP(t *testing.T, url string, want int) {
 	}
 }
 
+// httpGet fetches url once (10 s timeout) and returns the status and up to
+// 1 MiB of the body.
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, string(b)
+}
+
 // genkey writes a new P-256 PEM key with `kmsgate genkey` and returns its
 // file:// URI.
 func genkey(t *testing.T, bin string) string {

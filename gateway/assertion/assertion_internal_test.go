@@ -1,4 +1,4 @@
-package gateway
+package assertion
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/kmsgate/kmsgate/backends/backendtest"
+	"github.com/kmsgate/kmsgate/gateway/identity"
+	"github.com/kmsgate/kmsgate/gateway/metrics"
 	"github.com/kmsgate/kmsgate/jwks"
 )
 
@@ -16,16 +18,16 @@ func TestAssertionCacheReuseAndEviction(t *testing.T) {
 	if err := kr.Refresh(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	m, err := newMinter(kr, "https://iss", 10*time.Second, 2, NewMetrics())
+	m, err := New(kr, "https://iss", 10*time.Second, 2, metrics.New())
 	if err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
 	m.now = func() time.Time { return now }
 	ctx := context.Background()
-	alice, bob, carol := Identity{Subject: "alice"}, Identity{Subject: "bob"}, Identity{Subject: "carol"}
-	mint := func(id Identity, aud string) string {
-		tok, err := m.mint(ctx, time.Minute, id, aud)
+	alice, bob, carol := identity.Identity{Subject: "alice"}, identity.Identity{Subject: "bob"}, identity.Identity{Subject: "carol"}
+	mint := func(id identity.Identity, aud string) string {
+		tok, err := m.Mint(ctx, time.Minute, id, aud)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -48,11 +50,11 @@ func TestAssertionCacheReuseAndEviction(t *testing.T) {
 	if f.Signs.Load() != 3 {
 		t.Fatal("audience not part of the cache key")
 	}
-	if mint(Identity{Subject: "alice", Groups: []string{"admins"}}, "app") == t1 || f.Signs.Load() != 4 {
+	if mint(identity.Identity{Subject: "alice", Groups: []string{"admins"}}, "app") == t1 || f.Signs.Load() != 4 {
 		t.Fatal("groups not part of the cache key")
 	}
 	// Size 2, least recently used out first.
-	m2, _ := newMinter(kr, "https://iss", time.Minute, 2, NewMetrics())
+	m2, _ := New(kr, "https://iss", time.Minute, 2, metrics.New())
 	m = m2
 	m.now = func() time.Time { return now }
 	base := f.Signs.Load()
@@ -71,10 +73,10 @@ func TestAssertionCacheReuseAndEviction(t *testing.T) {
 	if f.Signs.Load() != base+4 {
 		t.Fatal("bob was not evicted")
 	}
-	if _, err := newMinter(kr, "i", 0, 1, NewMetrics()); err == nil {
+	if _, err := New(kr, "i", 0, 1, metrics.New()); err == nil {
 		t.Fatal("zero ttl accepted")
 	}
-	if _, err := newMinter(kr, "i", time.Minute, 0, NewMetrics()); err == nil {
+	if _, err := New(kr, "i", time.Minute, 0, metrics.New()); err == nil {
 		t.Fatal("zero cache size accepted")
 	}
 }

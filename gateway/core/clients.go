@@ -1,4 +1,4 @@
-package gateway
+package core
 
 import (
 	"crypto/sha256"
@@ -90,8 +90,8 @@ func newClientSet(cs []Client) (*clientSet, error) {
 // authenticate returns the client behind a request: a bearer token whose
 // SHA-256 matches, compared in constant time against every configured hash,
 // or else a verified TLS client certificate whose subject matches.
-func (s *clientSet) authenticate(r request) *Client {
-	if auth := r.header("Authorization"); auth != "" {
+func (s *clientSet) authenticate(r *Request) *Client {
+	if auth := r.Headers.Get("Authorization"); auth != "" {
 		scheme, tok, ok := strings.Cut(auth, " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
 			return nil
@@ -105,7 +105,7 @@ func (s *clientSet) authenticate(r request) *Client {
 		}
 		return found
 	}
-	if st := r.tlsState(); st != nil && len(st.VerifiedChains) > 0 && len(st.VerifiedChains[0]) > 0 {
+	if st := r.TLSState; st != nil && len(st.VerifiedChains) > 0 && len(st.VerifiedChains[0]) > 0 {
 		subject := subjectOf(st.VerifiedChains[0][0])
 		for _, c := range s.clients {
 			if c.CertSubject != "" && c.CertSubject == subject {

@@ -1,4 +1,7 @@
-package gateway
+// Package identity establishes who a request is for: the identity sources
+// (headers from a trusted authenticating proxy, OIDC bearer tokens, TLS
+// client certificates) over a protocol-neutral view of the request.
+package identity
 
 import (
 	"context"
@@ -25,9 +28,9 @@ type Identity struct {
 	Name    string
 }
 
-// key returns the assertion cache's key of the identity and an audience:
+// Key returns the assertion cache's key of the identity and an audience:
 // every field, length-prefixed so that no two identities share a key.
-func (id Identity) key(audience string) string {
+func (id Identity) Key(audience string) string {
 	n := len(audience) + len(id.Subject) + len(id.User) + len(id.Email) + len(id.Name) + 8*(5+len(id.Groups))
 	for _, g := range id.Groups {
 		n += len(g)
@@ -56,78 +59,63 @@ const (
 	SourceClientCert = "client-cert"
 )
 
-// errNoIdentity and errSpoofed are the two ways a request can fail to carry
+// ErrNoIdentity and ErrSpoofed are the two ways a request can fail to carry
 // an acceptable identity: 401 and 403.
 var (
-	errNoIdentity = errors.New("no acceptable identity")
-	errSpoofed    = errors.New("identity headers from an untrusted address")
+	ErrNoIdentity = errors.New("no acceptable identity")
+	ErrSpoofed    = errors.New("identity headers from an untrusted address")
 )
 
-// identitySource establishes the identity behind a request.
-type identitySource interface {
-	identify(r request) (Identity, error)
+// Source establishes the identity behind a request.
+type Source interface {
+	Identify(r Request) (Identity, error)
 }
 
-// request is what an identity source reads from a request, whichever HTTP
-// server (net/http for HTTP/2, fasthttp for HTTP/1.x) received it.
-type request interface {
-	context() context.Context
-	// header returns the first value of a header, by canonical name.
-	header(name string) string
-	// headerValues returns every value of a header, by canonical name.
-	headerValues(name string) []string
-	// hasAnyHeader reports whether any variant of names is present (any
-	// letter case, "_" for "-").
-	hasAnyHeader(names []string) bool
-	// peer is the address of the connection's other end.
-	peer() netip.Addr
-	// tlsState is the connection's TLS state, nil without TLS.
-	tlsState() *tls.ConnectionState
+// Request is what an identity source reads from a request, whichever HTTP
+// server received it.
+type Request interface {
+	Context() context.Context
+	// Header returns the first value of a header, by canonical name.
+	Header(name string) string
+	// HeaderValues returns every value of a header, by canonical name.
+	HeaderValues(name string) []string
+	// HasHeader reports whether any variant of names is present (see
+	// header.SameName).
+	HasHeader(names []string) bool
+	// Peer is the address of the connection's other end.
+	Peer() netip.Addr
+	// TLS is the connection's TLS state, nil without TLS.
+	TLS() *tls.ConnectionState
 }
 
-// httpRequest is a net/http request seen by identity sources.
-type httpRequest struct{ r *http.Request }
-
-func (h httpRequest) context() context.Context          { return h.r.Context() }
-func (h httpRequest) header(name string) string         { return h.r.Header.Get(name) }
-func (h httpRequest) headerValues(name string) []string { return h.r.Header.Values(name) }
-func (h httpRequest) hasAnyHeader(names []string) bool  { return hasAnyHeader(h.r.Header, names) }
-func (h httpRequest) tlsState() *tls.ConnectionState    { return h.r.TLS }
-func (h httpRequest) peer() netip.Addr                  { return peerOf(h.r.RemoteAddr) }
-
-// peerOf parses a host:port remote address; the zero Addr when it is not one.
-func peerOf(remote string) netip.Addr {
-	ap, err := netip.ParseAddrPort(remote)
-	if err != nil {
-		return netip.Addr{}
-	}
-	return ap.Addr().Unmap()
-}
-
-// forwardedIdentityHeaders are oauth2-proxy's identity headers, trusted only
+// ForwardedHeaders are oauth2-proxy's identity headers, trusted only
 // from --trusted-proxy addresses.
-var forwardedIdentityHeaders = []string{"X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Groups", "X-Forwarded-Preferred-Username"}
+var ForwardedHeaders = []string{"X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Groups", "X-Forwarded-Preferred-Username"}
 
 // headerSource reads the identity an authenticating proxy in front (such as
 // oauth2-proxy) put in X-Forwarded-User, -Email, -Groups and
 // -Preferred-Username, accepting them only from trusted addresses.
 type headerSource struct{ trusted []netip.Prefix }
 
-func (s headerSource) identify(r request) (Identity, error) {
-	if !isTrusted(r.peer(), s.trusted) {
-		if r.hasAnyHeader(forwardedIdentityHeaders) {
-			return Identity{}, errSpoofed
+// NewHeaderSource returns the headers source, which accepts identity
+// headers only from peers in trusted.
+func NewHeaderSource(trusted []netip.Prefix) Source { return headerSource{trusted: trusted} }
+
+func (s headerSource) Identify(r Request) (Identity, error) {
+	if !Trusted(r.Peer(), s.trusted) {
+		if r.HasHeader(ForwardedHeaders) {
+			return Identity{}, ErrSpoofed
 		}
-		return Identity{}, errNoIdentity
+		return Identity{}, ErrNoIdentity
 	}
-	user := r.header("X-Forwarded-User")
+	user := r.Header("X-Forwarded-User")
 	id := Identity{
 		Subject: user,
 		User:    user,
-		Email:   r.header("X-Forwarded-Email"),
-		Name:    r.header("X-Forwarded-Preferred-Username"),
+		Email:   r.Header("X-Forwarded-Email"),
+		Name:    r.Header("X-Forwarded-Preferred-Username"),
 	}
-	for _, v := range r.headerValues("X-Forwarded-Groups") {
+	for _, v := range r.HeaderValues("X-Forwarded-Groups") {
 		for _, g := range strings.Split(v, ",") {
 			if g = strings.TrimSpace(g); g != "" {
 				id.Groups = append(id.Groups, g)
@@ -138,14 +126,14 @@ func (s headerSource) identify(r request) (Identity, error) {
 		id.Subject = id.Email
 	}
 	if id.Subject == "" {
-		return Identity{}, errNoIdentity
+		return Identity{}, ErrNoIdentity
 	}
 	return id, nil
 }
 
-// isTrusted reports whether a peer address is in one of the trusted
+// Trusted reports whether a peer address is in one of the trusted
 // prefixes.
-func isTrusted(ip netip.Addr, trusted []netip.Prefix) bool {
+func Trusted(ip netip.Addr, trusted []netip.Prefix) bool {
 	if len(trusted) == 0 || !ip.IsValid() {
 		return false
 	}
@@ -160,8 +148,8 @@ type oidcSource struct {
 	timeout  time.Duration // bounds a verification, which may fetch the issuer's JWKS
 }
 
-// newOIDCSource fetches the issuer's discovery document.
-func newOIDCSource(ctx context.Context, issuer, audience string, timeout time.Duration) (*oidcSource, error) {
+// NewOIDCSource fetches the issuer's discovery document.
+func NewOIDCSource(ctx context.Context, issuer, audience string, timeout time.Duration) (Source, error) {
 	if issuer == "" || audience == "" {
 		return nil, errors.New("the oidc identity source needs --oidc-issuer and --oidc-audience")
 	}
@@ -182,17 +170,17 @@ func newOIDCSource(ctx context.Context, issuer, audience string, timeout time.Du
 	return &oidcSource{verifier: v, timeout: timeout}, nil
 }
 
-func (s *oidcSource) identify(r request) (Identity, error) {
-	auth := r.header("Authorization")
+func (s *oidcSource) Identify(r Request) (Identity, error) {
+	auth := r.Header("Authorization")
 	scheme, raw, ok := strings.Cut(auth, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || raw == "" {
-		return Identity{}, errNoIdentity
+		return Identity{}, ErrNoIdentity
 	}
-	ctx, cancel := context.WithTimeout(r.context(), s.timeout)
+	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
 	defer cancel()
 	tok, err := s.verifier.Verify(ctx, strings.TrimSpace(raw))
 	if err != nil {
-		return Identity{}, fmt.Errorf("%w: %v", errNoIdentity, err)
+		return Identity{}, fmt.Errorf("%w: %v", ErrNoIdentity, err)
 	}
 	var c struct {
 		Email             string `json:"email"`
@@ -201,7 +189,7 @@ func (s *oidcSource) identify(r request) (Identity, error) {
 		Groups            any    `json:"groups"`
 	}
 	if err := tok.Claims(&c); err != nil {
-		return Identity{}, fmt.Errorf("%w: claims: %v", errNoIdentity, err)
+		return Identity{}, fmt.Errorf("%w: claims: %v", ErrNoIdentity, err)
 	}
 	id := Identity{Subject: tok.Subject, User: tok.Subject, Email: c.Email, Name: c.Name}
 	if c.PreferredUsername != "" {
@@ -225,10 +213,13 @@ func (s *oidcSource) identify(r request) (Identity, error) {
 // email SAN, groups its organizational units.
 type certSource struct{}
 
-func (certSource) identify(r request) (Identity, error) {
-	st := r.tlsState()
+// NewCertSource returns the client-cert source.
+func NewCertSource() Source { return certSource{} }
+
+func (certSource) Identify(r Request) (Identity, error) {
+	st := r.TLS()
 	if st == nil || len(st.VerifiedChains) == 0 || len(st.VerifiedChains[0]) == 0 {
-		return Identity{}, errNoIdentity
+		return Identity{}, ErrNoIdentity
 	}
 	c := st.VerifiedChains[0][0]
 	id := Identity{Subject: c.Subject.String(), User: c.Subject.CommonName, Name: c.Subject.CommonName, Groups: c.Subject.OrganizationalUnit}
@@ -236,28 +227,4 @@ func (certSource) identify(r request) (Identity, error) {
 		id.Email = c.EmailAddresses[0]
 	}
 	return id, nil
-}
-
-// hasAnyHeader reports whether h has any of names, in any variant.
-func hasAnyHeader(h http.Header, names []string) bool {
-	for k := range h {
-		for _, n := range names {
-			if sameHeaderName(k, n) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// deleteHeaders removes every variant of names from h (any letter case, "_"
-// for "-"), with all their values.
-func deleteHeaders(h http.Header, names ...string) {
-	for k := range h {
-		for _, n := range names {
-			if sameHeaderName(k, n) {
-				delete(h, k)
-			}
-		}
-	}
 }

@@ -1,4 +1,6 @@
-package gateway
+// Package assertion mints the signed identity assertions the gateway adds
+// to forwarded requests, cached per identity and audience.
+package assertion
 
 import (
 	"context"
@@ -8,6 +10,8 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/kmsgate/kmsgate/gateway/identity"
+	"github.com/kmsgate/kmsgate/gateway/metrics"
 	"github.com/kmsgate/kmsgate/jwks"
 )
 
@@ -15,16 +19,16 @@ import (
 // cached copy is reused; after it a new one is signed.
 const assertionReuse = 0.8
 
-// minter signs identity assertions and caches them per identity and
+// Minter signs identity assertions and caches them per identity and
 // audience, bounded and least recently used out first. Concurrent misses for
 // the same key are collapsed into one backend signature.
-type minter struct {
+type Minter struct {
 	keys    *jwks.Keyring
 	issuer  string
 	ttl     time.Duration
 	cache   *lru.Cache[string, assertion]
 	flight  singleflight.Group
-	metrics *Metrics
+	metrics *metrics.Metrics
 	now     func() time.Time
 }
 
@@ -33,7 +37,9 @@ type assertion struct {
 	reuseUntil time.Time
 }
 
-func newMinter(kr *jwks.Keyring, issuer string, ttl time.Duration, size int, m *Metrics) (*minter, error) {
+// New returns a minter that signs with kr as issuer, assertions that live
+// ttl, and caches at most size of them.
+func New(kr *jwks.Keyring, issuer string, ttl time.Duration, size int, m *metrics.Metrics) (*Minter, error) {
 	if ttl <= 0 {
 		return nil, fmt.Errorf("--assertion-ttl %s must be positive", ttl)
 	}
@@ -44,19 +50,19 @@ func newMinter(kr *jwks.Keyring, issuer string, ttl time.Duration, size int, m *
 	if err != nil {
 		return nil, err
 	}
-	return &minter{keys: kr, issuer: issuer, ttl: ttl, cache: c, metrics: m, now: time.Now}, nil
+	return &Minter{keys: kr, issuer: issuer, ttl: ttl, cache: c, metrics: m, now: time.Now}, nil
 }
 
-// mint returns a signed assertion for id and audience, from the cache while
+// Mint returns a signed assertion for id and audience, from the cache while
 // it is within assertionReuse of its lifetime. A signature is bounded by
 // timeout.
-func (m *minter) mint(ctx context.Context, timeout time.Duration, id Identity, audience string) (string, error) {
-	key := id.key(audience)
+func (m *Minter) Mint(ctx context.Context, timeout time.Duration, id identity.Identity, audience string) (string, error) {
+	key := id.Key(audience)
 	if a, ok := m.cache.Get(key); ok && m.now().Before(a.reuseUntil) {
-		m.metrics.assertionHits.Inc()
+		m.metrics.AssertionCache(true)
 		return a.token, nil
 	}
-	m.metrics.assertionMisses.Inc()
+	m.metrics.AssertionCache(false)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// The shared call must not be cancelled by the first caller leaving;

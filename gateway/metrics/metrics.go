@@ -1,4 +1,6 @@
-package gateway
+// Package metrics holds the gateway's Prometheus metrics, on a registry of
+// their own served by the admin port.
+package metrics
 
 import (
 	"strconv"
@@ -41,6 +43,37 @@ type routeMetrics struct {
 	duration prometheus.Observer
 }
 
+// Request records one answered request by endpoint and status.
+func (m *Metrics) Request(endpoint string, status int, took time.Duration) {
+	rm := m.route(endpoint, status)
+	rm.requests.Inc()
+	rm.duration.Observe(took.Seconds())
+}
+
+// JWKSRequest counts a request for the key set or discovery document, and
+// notModified a 304 answer to one.
+func (m *Metrics) JWKSRequest(notModified bool) {
+	m.jwksRequests.Inc()
+	if notModified {
+		m.jwksNotModified.Inc()
+	}
+}
+
+// AssertionCache counts a hit or a miss of the assertion cache.
+func (m *Metrics) AssertionCache(hit bool) {
+	if hit {
+		m.assertionHits.Inc()
+	} else {
+		m.assertionMisses.Inc()
+	}
+}
+
+// WatchKeys exports the keyring's published versions and readiness at
+// scrape time (kmsgate_key_info, kmsgate_keys_ready).
+func (m *Metrics) WatchKeys(kr *jwks.Keyring) error {
+	return m.Registry.Register(newKeyStateCollector(kr))
+}
+
 // route returns the request counter and latency histogram of an endpoint
 // and status.
 func (m *Metrics) route(endpoint string, status int) routeMetrics {
@@ -54,9 +87,9 @@ func (m *Metrics) route(endpoint string, status int) routeMetrics {
 	return r
 }
 
-// NewMetrics registers the gateway's metrics, plus the Go and process
+// New registers the gateway's metrics, plus the Go and process
 // collectors, on a new registry.
-func NewMetrics() *Metrics {
+func New() *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{

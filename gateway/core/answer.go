@@ -1,0 +1,95 @@
+package core
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+
+	"github.com/kmsgate/kmsgate/backends"
+	"github.com/kmsgate/kmsgate/gateway/header"
+	"github.com/kmsgate/kmsgate/gateway/identity"
+	"github.com/kmsgate/kmsgate/gateway/proxy"
+)
+
+// Answer is the core's answer to a request, which a server writes out:
+// a status, header fields and a body, or (Forward) a plan to carry out.
+type Answer struct {
+	Status      int
+	ContentType string
+	Body        []byte
+	// Close asks the server to close the connection after this answer.
+	Close bool
+	// Endpoint labels the request in metrics and logs.
+	Endpoint string
+	// Forward is set when the request is to be forwarded as Plan says.
+	Forward bool
+	Plan    proxy.Plan
+
+	hdr [8]header.Field
+	n   int
+}
+
+// Set adds a header field to the answer.
+func (a *Answer) Set(name, value string) {
+	if a.n < len(a.hdr) {
+		a.hdr[a.n] = header.Field{Name: name, Value: value}
+		a.n++
+	}
+}
+
+// Header returns the answer's header fields.
+func (a *Answer) Header() []header.Field { return a.hdr[:a.n] }
+
+// apiError is the JSON body of every error answer.
+type apiError struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+// ErrorJSON is the body of an error answer, {"error": msg, "code": code}.
+func ErrorJSON(code, msg string) []byte {
+	b, _ := json.Marshal(apiError{Error: msg, Code: code})
+	return b
+}
+
+const jsonType = "application/json"
+
+// Fail makes a an error answer; every error the gateway gives is written
+// here.
+func (a *Answer) Fail(status int, code, msg string) {
+	a.Status, a.ContentType, a.Body = status, jsonType, ErrorJSON(code, msg)
+}
+
+// JSON makes a a JSON answer.
+func (a *Answer) JSON(status int, body []byte) {
+	a.Status, a.ContentType, a.Body = status, jsonType, body
+}
+
+// backendFailure answers a request that could not be signed because of
+// the backend: 429 and retry in 1 s when it throttles, else 503 and retry in
+// 5 s, with a code naming the kind. Nothing unsigned is ever returned or
+// forwarded.
+func (a *Answer) backendFailure(err error) {
+	kind := backends.Kind(err)
+	status, retry := http.StatusServiceUnavailable, 5
+	if errors.Is(err, backends.ErrThrottled) {
+		status, retry = http.StatusTooManyRequests, 1
+	}
+	a.Fail(status, "backend_"+kind, "the signing backend could not sign now ("+kind+"); retry later")
+	a.Set("Retry-After", strconv.Itoa(retry))
+}
+
+// identityFailure answers a request without an acceptable identity: 403
+// for identity headers from an untrusted address, else 401, with a Bearer
+// challenge for the oidc source.
+func (a *Answer) identityFailure(err error, source string) {
+	if errors.Is(err, identity.ErrSpoofed) {
+		a.Fail(http.StatusForbidden, "untrusted_identity", "identity headers are only accepted from a trusted proxy")
+		return
+	}
+	a.Fail(http.StatusUnauthorized, "unauthenticated", "no acceptable identity ("+source+")")
+	if source == identity.SourceOIDC {
+		a.Set("WWW-Authenticate", `Bearer realm="kmsgate"`)
+	}
+}

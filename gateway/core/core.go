@@ -1,0 +1,312 @@
+// Package core is the gateway's protocol-neutral request handling: the one
+// table of endpoints, the key set and discovery documents, the sign API,
+// forward-auth and the decision to forward a request, over a Request view
+// that either server builds and an Answer that either server writes. No
+// rule about a request lives anywhere else.
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kmsgate/kmsgate/gateway/assertion"
+	"github.com/kmsgate/kmsgate/gateway/header"
+	"github.com/kmsgate/kmsgate/gateway/identity"
+	"github.com/kmsgate/kmsgate/gateway/metrics"
+	"github.com/kmsgate/kmsgate/gateway/proxy"
+	"github.com/kmsgate/kmsgate/gateway/route"
+	"github.com/kmsgate/kmsgate/jwks"
+)
+
+// Config holds the core's settings (the serve flags and config file).
+type Config struct {
+	// Issuer is the iss of every token and the base of jwks_uri.
+	Issuer string
+	// JWKSPaths are extra paths serving the key set, besides
+	// /.well-known/jwks.json.
+	JWKSPaths []string
+	// MaxAge is the Cache-Control max-age of the key set; it is capped at
+	// half of Prepublish so a cached set always holds a pending key before
+	// it signs.
+	MaxAge     time.Duration
+	Prepublish time.Duration
+	// RequestTimeout bounds every request, backend calls included.
+	RequestTimeout time.Duration
+	// MaxBody is the largest sign request body, in bytes.
+	MaxBody int64
+	// Clients are the sign API's callers.
+	Clients []Client
+	// Prefix (--gateway-prefix) is put before the gateway's own /v1/
+	// paths, to move them off an upstream's path space.
+	Prefix string
+	// PublicHealth also serves /healthz and /readyz on the public port.
+	PublicHealth bool
+	// KeepEscapedSlashes forwards %2F and %5C in paths (kept encoded)
+	// instead of refusing them with 400.
+	KeepEscapedSlashes bool
+	// Proxy configures the reverse proxy, forward-auth and identity
+	// assertions; its zero value serves no proxy.
+	Proxy ProxyConfig
+	// Logger receives the logs; slog.Default when nil.
+	Logger *slog.Logger
+}
+
+// ProxyConfig is the gateway-in-front-of-apps part of the configuration:
+// where requests go, who they are for, and how the assertion is made.
+type ProxyConfig struct {
+	// Upstream (--upstream) receives every request no route matches.
+	Upstream string
+	// Routes send requests by host and path prefix to upstreams.
+	Routes []route.Route
+	// Identity (--identity) is the default identity source: headers, oidc
+	// or client-cert.
+	Identity string
+	// TrustedProxies (--trusted-proxy) may send oauth2-proxy identity
+	// headers.
+	TrustedProxies []netip.Prefix
+	// OIDCIssuer and OIDCAudience configure the oidc source.
+	OIDCIssuer, OIDCAudience string
+	// Header (--assertion-header) is the default assertion header name.
+	Header string
+	// TTL (--assertion-ttl) is an assertion's lifetime.
+	TTL time.Duration
+	// CacheSize (--assertion-cache-size) bounds the assertion cache.
+	CacheSize int
+	// UpstreamTimeout (--upstream-timeout, default 60 s) is the longest an
+	// upstream may keep the proxy waiting for the next bytes of its
+	// response; then the request fails (502 before the response started).
+	UpstreamTimeout time.Duration
+}
+
+// DefaultJWKSPath is where the key set is always served.
+const DefaultJWKSPath = "/.well-known/jwks.json"
+
+// DiscoveryPath is where the discovery document is served.
+const DiscoveryPath = "/.well-known/openid-configuration"
+
+// Core answers requests; it is safe for concurrent use.
+type Core struct {
+	cfg     Config
+	keys    *jwks.Keyring
+	clients *clientSet
+	metrics *metrics.Metrics
+	log     *slog.Logger
+
+	endpoints    map[string]endpoint // exact paths of the gateway's own endpoints
+	ownPrefix    string              // Prefix + "/v1/": every path below is the gateway's
+	authPath     string              // forward-auth, exact or as a prefix ("/v1/auth/…")
+	cacheControl string
+	discovery    []byte
+	discoveryTag string
+	proxy        *proxyState
+}
+
+// proxyState is the built form of ProxyConfig.
+type proxyState struct {
+	table      *route.Table
+	sources    map[string]identity.Source
+	defaultSrc string
+	header     string // the default assertion header (forward-auth's)
+	rules      proxy.Rules
+	minter     *assertion.Minter
+	upstream   time.Duration
+}
+
+// New validates cfg and builds the core over a keyring. ctx bounds the
+// start-up calls (the OIDC issuer's discovery document).
+func New(ctx context.Context, cfg Config, kr *jwks.Keyring, m *metrics.Metrics) (*Core, error) {
+	if cfg.Issuer == "" {
+		return nil, errors.New("no issuer (--issuer): it is the iss of every token and the base of the jwks_uri")
+	}
+	if !strings.HasPrefix(cfg.Issuer, "https://") && !strings.HasPrefix(cfg.Issuer, "http://") {
+		return nil, fmt.Errorf("issuer %q must be an http:// or https:// URL", cfg.Issuer)
+	}
+	cfg.Issuer = strings.TrimRight(cfg.Issuer, "/")
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 5 * time.Second
+	}
+	if cfg.MaxBody <= 0 {
+		cfg.MaxBody = 64 << 10
+	}
+	if cfg.MaxAge < 0 {
+		return nil, fmt.Errorf("JWKS max-age %s is negative", cfg.MaxAge)
+	}
+	if limit := cfg.Prepublish / 2; cfg.MaxAge > limit {
+		cfg.Logger.Info("JWKS max-age capped at half of --prepublish", "max_age", cfg.MaxAge.String(), "capped", limit.String())
+		cfg.MaxAge = limit
+	}
+	if cfg.Prefix != "" {
+		p, err := route.Normalize(cfg.Prefix, false)
+		if err != nil || p != cfg.Prefix || strings.HasSuffix(p, "/") {
+			return nil, fmt.Errorf("--gateway-prefix %q must be a normalized path without a trailing slash, such as /.kmsgate", cfg.Prefix)
+		}
+	}
+	clients, err := newClientSet(cfg.Clients)
+	if err != nil {
+		return nil, err
+	}
+	if m == nil {
+		m = metrics.New()
+	}
+	c := &Core{
+		cfg: cfg, keys: kr, clients: clients, metrics: m, log: cfg.Logger,
+		cacheControl: "public, max-age=" + strconv.Itoa(int(cfg.MaxAge/time.Second)),
+		ownPrefix:    cfg.Prefix + "/v1/",
+		authPath:     cfg.Prefix + "/v1/auth",
+		endpoints:    map[string]endpoint{},
+	}
+	c.discovery, c.discoveryTag = discoveryDocument(cfg.Issuer)
+	for _, p := range append([]string{DefaultJWKSPath}, cfg.JWKSPaths...) {
+		if n, err := route.Normalize(p, false); err != nil || n != p {
+			return nil, fmt.Errorf("--jwks-path %q must be a normalized absolute path", p)
+		}
+		if strings.HasPrefix(p, c.ownPrefix) {
+			return nil, fmt.Errorf("--jwks-path %q is under the gateway's own %s", p, c.ownPrefix)
+		}
+		c.endpoints[p] = endpoint{label: p, serve: (*Core).serveJWKS, methods: documentMethods}
+	}
+	c.endpoints[DiscoveryPath] = endpoint{label: DiscoveryPath, serve: (*Core).serveDiscovery, methods: documentMethods}
+	c.endpoints[cfg.Prefix+"/v1/sign"] = endpoint{label: "/v1/sign", serve: (*Core).serveSign, methods: []string{"POST"}}
+	if cfg.PublicHealth {
+		c.endpoints["/healthz"] = endpoint{label: "/healthz", serve: func(c *Core, _ *Request, a *Answer) { c.Health(a) }, methods: []string{"GET", "HEAD"}}
+		c.endpoints["/readyz"] = endpoint{label: "/readyz", serve: func(c *Core, _ *Request, a *Answer) { c.Ready(a) }, methods: []string{"GET", "HEAD"}}
+	}
+	if c.proxy, err = c.buildProxy(ctx); err != nil {
+		return nil, err
+	}
+	if err := m.WatchKeys(kr); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Metrics returns the core's metrics.
+func (c *Core) Metrics() *metrics.Metrics { return c.metrics }
+
+// Logger returns the core's logger.
+func (c *Core) Logger() *slog.Logger { return c.log }
+
+// Routes returns the upstream routes in matching order (none without a
+// proxy); the servers build one upstream client per route.
+func (c *Core) Routes() []*route.Route {
+	if c.proxy == nil {
+		return nil
+	}
+	return c.proxy.table.Routes()
+}
+
+// UpstreamTimeout is the longest wait for an upstream's next bytes.
+func (c *Core) UpstreamTimeout() time.Duration {
+	if c.proxy == nil {
+		return 60 * time.Second
+	}
+	return c.proxy.upstream
+}
+
+// buildProxy validates the proxy configuration and opens the identity
+// sources it uses. It returns nil when nothing is proxied and no identity
+// source is set (a sign-API-only gateway).
+func (c *Core) buildProxy(ctx context.Context) (*proxyState, error) {
+	pc := c.cfg.Proxy
+	if pc.Upstream == "" && len(pc.Routes) == 0 && pc.Identity == "" {
+		return nil, nil
+	}
+	if pc.Header == "" {
+		pc.Header = proxy.DefaultAssertionHeader
+	}
+	if pc.TTL == 0 {
+		pc.TTL = 5 * time.Minute
+	}
+	if pc.CacheSize == 0 {
+		pc.CacheSize = 10000
+	}
+	if pc.UpstreamTimeout == 0 {
+		pc.UpstreamTimeout = 60 * time.Second
+	}
+	if pc.UpstreamTimeout < 0 {
+		return nil, fmt.Errorf("--upstream-timeout %s must be positive", pc.UpstreamTimeout)
+	}
+	if !header.ValidName(pc.Header) {
+		return nil, fmt.Errorf("--assertion-header %q is not a valid header name", pc.Header)
+	}
+	p := &proxyState{sources: map[string]identity.Source{}, defaultSrc: pc.Identity, header: pc.Header, upstream: pc.UpstreamTimeout}
+	p.rules.Trusted = pc.TrustedProxies
+	p.rules.Assertion = []string{pc.Header}
+	routes := make([]*route.Route, len(pc.Routes))
+	for i := range pc.Routes {
+		r := pc.Routes[i]
+		routes[i] = &r
+	}
+	var catchAll *route.Route
+	if pc.Upstream != "" {
+		catchAll = &route.Route{Upstream: pc.Upstream}
+	}
+	names := []string{}
+	if pc.Identity != "" {
+		names = append(names, pc.Identity)
+	}
+	for i, r := range append(slices.Clone(routes), catchAll) {
+		if r == nil {
+			continue
+		}
+		name := fmt.Sprintf("route %d (host %q, path %q)", i+1, r.Host, r.Path)
+		if r == catchAll {
+			name = "--upstream"
+		}
+		if err := r.Prepare(name, pc.Header, pc.Identity); err != nil {
+			return nil, err
+		}
+		if !header.ValidName(r.Header) {
+			return nil, fmt.Errorf("%s: header %q is not a valid header name", name, r.Header)
+		}
+		if r.Identity == "" {
+			return nil, fmt.Errorf("%s: no identity source: set --identity (headers, oidc or client-cert) or the route's identity", name)
+		}
+		if strings.HasPrefix(r.Path, c.ownPrefix) {
+			return nil, fmt.Errorf("%s: path %q is under the gateway's own %s (move those with --gateway-prefix)", name, r.Path, c.ownPrefix)
+		}
+		if !slices.ContainsFunc(p.rules.Assertion, func(h string) bool { return header.SameName(h, r.Header) }) {
+			p.rules.Assertion = append(p.rules.Assertion, r.Header)
+		}
+		names = append(names, r.Identity)
+	}
+	for _, n := range names {
+		if _, done := p.sources[n]; done {
+			continue
+		}
+		switch n {
+		case identity.SourceHeaders:
+			if len(pc.TrustedProxies) == 0 {
+				return nil, errors.New("the headers identity source needs --trusted-proxy (the addresses of the authenticating proxy in front)")
+			}
+			p.sources[n] = identity.NewHeaderSource(pc.TrustedProxies)
+		case identity.SourceOIDC:
+			src, err := identity.NewOIDCSource(ctx, pc.OIDCIssuer, pc.OIDCAudience, c.cfg.RequestTimeout)
+			if err != nil {
+				return nil, err
+			}
+			p.sources[n] = src
+		case identity.SourceClientCert:
+			p.sources[n] = identity.NewCertSource()
+		default:
+			return nil, fmt.Errorf("identity source %q: want headers, oidc or client-cert", n)
+		}
+	}
+	p.table = route.NewTable(routes, catchAll)
+	m, err := assertion.New(c.keys, c.cfg.Issuer, pc.TTL, pc.CacheSize, c.metrics)
+	if err != nil {
+		return nil, err
+	}
+	p.minter = m
+	return p, nil
+}

@@ -1,0 +1,65 @@
+package front
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/kmsgate/kmsgate/backends/backendtest"
+	"github.com/kmsgate/kmsgate/gateway/core"
+	"github.com/kmsgate/kmsgate/gateway/identity"
+	"github.com/kmsgate/kmsgate/jwks"
+)
+
+// BenchmarkFastPrepare measures the proxy's own work per HTTP/1.x request
+// with a warm assertion cache, without the network: the wire checks, the
+// core's view of the request, admission (path rule, header names), route,
+// identity, cache lookup, the plan, and rewriting the request by it. It is
+// the successor of BenchmarkPrepareUpstream (1.5-1.65 us, 6 allocs, before
+// the one core).
+func BenchmarkFastPrepare(b *testing.B) {
+	f := &backendtest.Fake{}
+	f.Add("v1", time.Now().Add(-time.Hour))
+	kr, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{})
+	if err := kr.Refresh(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	c, err := core.New(context.Background(), core.Config{Issuer: "https://gw", Prepublish: time.Hour, Proxy: core.ProxyConfig{
+		Upstream: "http://127.0.0.1:9", Identity: identity.SourceHeaders, TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
+	}}, kr, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ff := newFastFront(c, nil)
+	var tmpl fasthttp.Request
+	tmpl.Header.SetRequestURI("/app/page?q=1")
+	tmpl.Header.SetHost("127.0.0.1:8080")
+	tmpl.Header.Set("X-Forwarded-User", "alice")
+	tmpl.Header.Set("User-Agent", "wrk")
+	tmpl.Header.Set("Accept", "*/*")
+	var ctx fasthttp.RequestCtx
+	ctx.Init(&tmpl, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5000}, nil)
+	run := func() {
+		tmpl.CopyTo(&ctx.Request)
+		if checkWire(&ctx.Request.Header) != "" {
+			b.Fatal("wire check refused")
+		}
+		r := request(&ctx)
+		var a core.Answer
+		c.Serve(&r, &a)
+		if !a.Forward {
+			b.Fatalf("refused: %d %s", a.Status, a.Body)
+		}
+		ff.prepare(&ctx, &a.Plan)
+	}
+	run() // warm the cache
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		run()
+	}
+}

@@ -1,0 +1,419 @@
+package front
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"time"
+	"unsafe"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/kmsgate/kmsgate/gateway/core"
+	"github.com/kmsgate/kmsgate/gateway/proxy"
+)
+
+// fastFront is the HTTP/1.x adapter: it checks what only the HTTP/1.x wire
+// format can get wrong, turns a fasthttp request into a core.Request,
+// writes the core's answer, and carries out forwarding plans with one
+// kept-alive client per route. WebSocket upgrades are handed to the
+// net/http server, which serves them through the same core.
+type fastFront struct {
+	core    *core.Core
+	clients []*fasthttp.HostClient // by route index
+	handoff *connQueue
+	log     *slog.Logger
+}
+
+func newFastFront(c *core.Core, handoff *connQueue) *fastFront {
+	f := &fastFront{core: c, handoff: handoff, log: c.Logger()}
+	for _, rt := range c.Routes() {
+		f.clients = append(f.clients, newUpstreamClient(rt.Target, c.UpstreamTimeout()))
+	}
+	return f
+}
+
+// server returns the HTTP/1.x server.
+func (f *fastFront) server(maxBody int64) *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:                      f.serve,
+		ErrorHandler:                 f.parseError,
+		Name:                         "kmsgate",
+		ReadBufferSize:               maxHeaderBytes,
+		ReadTimeout:                  headerTimeout,
+		IdleTimeout:                  idleTimeout,
+		MaxRequestBodySize:           int(maxBody),
+		StreamRequestBody:            true, // proxied bodies stream; the core bounds its own
+		DisablePreParseMultipartForm: true,
+		NoDefaultServerHeader:        true,
+		NoDefaultContentType:         true,
+		SecureErrorLogMessage:        true, // parse errors never quote request bytes into logs
+		CloseOnShutdown:              true,
+		KeepHijackedConns:            true, // handed off to net/http
+		Logger:                       fastLogger{f.log},
+		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+			// The header was read in time; a streamed body may take as long
+			// as its upload takes (-1: chunked).
+			if cl := h.ContentLength(); cl > 0 || cl == -1 {
+				return fasthttp.RequestConfig{ReadTimeout: 24 * time.Hour}
+			}
+			return fasthttp.RequestConfig{}
+		},
+	}
+}
+
+// fastLogger sends fasthttp's own messages to the debug log.
+type fastLogger struct{ log *slog.Logger }
+
+func (l fastLogger) Printf(format string, args ...any) {
+	l.log.Debug("http server", "msg", fmt.Sprintf(format, args...))
+}
+
+// parseError answers a request fasthttp could not read, and closes.
+func (f *fastFront) parseError(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	var a core.Answer
+	switch {
+	case errors.As(err, &small):
+		a.Fail(http.StatusRequestHeaderFieldsTooLarge, "header_too_large", "the request header is too large")
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		a.Fail(http.StatusRequestEntityTooLarge, "too_large", "the request body is too large")
+	default:
+		a.Fail(http.StatusBadRequest, "malformed", "the request could not be parsed")
+	}
+	writeFast(ctx, &a)
+	ctx.SetConnectionClose()
+}
+
+// fastHeaders is a fasthttp request header seen by the core.
+type fastHeaders struct{ h *fasthttp.RequestHeader }
+
+func (f fastHeaders) Get(name string) string { return string(f.h.Peek(name)) }
+
+func (f fastHeaders) Values(name string) []string {
+	var vs []string
+	for _, v := range f.h.PeekAll(name) {
+		vs = append(vs, string(v))
+	}
+	return vs
+}
+
+func (f fastHeaders) All(yield func(name, value string) bool) {
+	for k, v := range f.h.All() {
+		if !yield(b2s(k), b2s(v)) {
+			return
+		}
+	}
+}
+
+// b2s views b as a string without copying; the string is valid only while
+// b is unchanged.
+func b2s(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// checkWire refuses what only HTTP/1.x framing can carry: obs-fold
+// continuation lines and a Transfer-Encoding other than exactly "chunked".
+func checkWire(h *fasthttp.RequestHeader) string {
+	raw := h.RawHeaders()
+	for i := 0; i+1 < len(raw); i++ {
+		if raw[i] == '\n' && (raw[i+1] == ' ' || raw[i+1] == '\t') {
+			return "obsolete line folding in the header"
+		}
+	}
+	if len(raw) > 0 && (raw[0] == ' ' || raw[0] == '\t') {
+		return "obsolete line folding in the header"
+	}
+	n := 0
+	for k, v := range h.All() {
+		if bytes.EqualFold(k, strTransferEncoding) {
+			n++
+			if n > 1 || !bytes.EqualFold(bytes.TrimSpace(v), strChunked) {
+				return "Transfer-Encoding must be exactly chunked"
+			}
+		}
+	}
+	return ""
+}
+
+var (
+	strTransferEncoding = []byte("Transfer-Encoding")
+	strChunked          = []byte("chunked")
+	httpScheme          = []byte("http")
+	httpsScheme         = []byte("https")
+)
+
+// methodString returns the method without allocating for the common ones.
+func methodString(m []byte) string {
+	for _, s := range [...]string{http.MethodGet, http.MethodPost, http.MethodHead, http.MethodPut, http.MethodDelete, http.MethodOptions, http.MethodPatch} {
+		if string(m) == s {
+			return s
+		}
+	}
+	return string(m)
+}
+
+// request builds the core's view of a fasthttp request.
+func request(ctx *fasthttp.RequestCtx) core.Request {
+	h := &ctx.Request.Header
+	r := core.Request{
+		// fasthttp's request context ends at shutdown, when in-flight
+		// requests must still finish.
+		Ctx:       context.WithoutCancel(ctx),
+		Method:    methodString(h.Method()),
+		Target:    string(h.RequestURI()),
+		Authority: string(h.Host()),
+		TLSState:  ctx.TLSConnectionState(),
+		Headers:   fastHeaders{h},
+		BodyLen:   bodyLen(h),
+	}
+	if ip, ok := netip.AddrFromSlice(ctx.RemoteIP()); ok {
+		r.Addr = ip.Unmap()
+	}
+	if r.BodyLen != 0 {
+		if ctx.Request.IsBodyStream() {
+			r.Body = ctx.RequestBodyStream()
+		} else {
+			r.Body = bytes.NewReader(ctx.Request.Body())
+		}
+	}
+	return r
+}
+
+// bodyLen is a request's body length: -1 for chunked, 0 without a body (a
+// request without Content-Length or Transfer-Encoding has none).
+func bodyLen(h *fasthttp.RequestHeader) int64 {
+	switch cl := h.ContentLength(); {
+	case cl > 0:
+		return int64(cl)
+	case cl == -1:
+		return -1
+	}
+	return 0
+}
+
+// serve answers one HTTP/1.x request.
+func (f *fastFront) serve(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	h := &ctx.Request.Header
+	if msg := checkWire(h); msg != "" {
+		var a core.Answer
+		a.Fail(http.StatusBadRequest, "malformed", msg)
+		writeFast(ctx, &a)
+		ctx.SetConnectionClose()
+		return
+	}
+	if core.WantsWebSocket(methodString(h.Method()), fastHeaders{h}) {
+		f.handOff(ctx)
+		return // net/http serves it through the core
+	}
+	r := request(ctx)
+	var a core.Answer
+	f.core.Serve(&r, &a)
+	if a.Forward {
+		f.forward(ctx, &a)
+	} else {
+		writeFast(ctx, &a)
+		if a.Close || !r.BodyRead() {
+			// An answer given before the body was read: close rather than
+			// drain what the client may still send.
+			ctx.SetConnectionClose()
+		}
+	}
+	f.core.Observe(&r, &a, time.Since(start))
+}
+
+// writeFast writes a core answer.
+func writeFast(ctx *fasthttp.RequestCtx, a *core.Answer) {
+	ctx.Response.Reset()
+	ctx.SetStatusCode(a.Status)
+	for _, fl := range a.Header() {
+		ctx.Response.Header.Set(fl.Name, fl.Value)
+	}
+	if a.ContentType != "" {
+		ctx.SetContentType(a.ContentType)
+	}
+	if a.Body != nil {
+		ctx.SetBody(a.Body) // fasthttp sends no body for HEAD, with the same Content-Length
+	}
+}
+
+// handOff passes the connection of a WebSocket upgrade request to the
+// net/http server, which serves the request again, and the connection's
+// later ones, through the core: fasthttp cannot keep a request valid after
+// a hijack.
+func (f *fastFront) handOff(ctx *fasthttp.RequestCtx) {
+	if bodyLen(&ctx.Request.Header) != 0 {
+		var a core.Answer
+		a.Fail(http.StatusBadRequest, "malformed", "an upgrade request may not carry a body")
+		writeFast(ctx, &a)
+		ctx.SetConnectionClose()
+		return
+	}
+	head := append([]byte(nil), ctx.Request.Header.Header()...)
+	st := ctx.TLSConnectionState()
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		if err := c.SetDeadline(time.Time{}); err != nil {
+			_ = c.Close()
+			return
+		}
+		f.handoff.deliver(&prefixedConn{Conn: c, prefix: head, tls: st, handedOff: true})
+	})
+}
+
+// forward carries out a forwarding plan: the client's headers less those
+// the plan drops, the headers it sets, the upstream target; then the
+// upstream's answer less its hop-by-hop headers.
+func (f *fastFront) forward(ctx *fasthttp.RequestCtx, a *core.Answer) {
+	clientClose := f.prepare(ctx, &a.Plan)
+	rt := a.Plan.Route
+	if err := f.clients[rt.Index].Do(&ctx.Request, &ctx.Response); err != nil {
+		f.log.Warn("upstream failed", "upstream", rt.Target.Host, "err", err.Error())
+		a.Forward = false
+		a.Fail(http.StatusBadGateway, "bad_gateway", "the upstream did not answer")
+		writeFast(ctx, a)
+		return
+	}
+	resp := &ctx.Response
+	if cl := resp.Header.ContentLength(); cl >= 0 && cl <= smallBody && resp.IsBodyStream() {
+		// A small body of known length is read here, so that the server
+		// writes header and body at once instead of copying a stream.
+		body := make([]byte, cl)
+		_, err := io.ReadFull(resp.BodyStream(), body)
+		_ = resp.CloseBodyStream()
+		if err != nil {
+			f.log.Warn("upstream failed", "upstream", rt.Target.Host, "err", err.Error())
+			a.Forward = false
+			a.Fail(http.StatusBadGateway, "bad_gateway", "the upstream did not answer")
+			writeFast(ctx, a)
+			return
+		}
+		resp.SetBodyRaw(body)
+	}
+	dropHeaders(&resp.Header, func(name string, conn []string) bool { return proxy.HopByHop(name, conn) })
+	if clientClose {
+		resp.Header.SetConnectionClose()
+	} else {
+		resp.Header.ResetConnectionClose()
+	}
+	a.Status = resp.StatusCode()
+}
+
+// prepare rewrites a client's request into the upstream request of a plan
+// and reports whether the client asked to close its connection.
+func (f *fastFront) prepare(ctx *fasthttp.RequestCtx, p *proxy.Plan) (clientClose bool) {
+	req := &ctx.Request
+	h := &req.Header
+	clientClose = h.ConnectionClose()
+	dropHeaders(h, func(name string, _ []string) bool { return p.Drop(name) })
+	h.ResetConnectionClose()
+	for _, fl := range p.Set() {
+		h.Set(fl.Name, fl.Value)
+	}
+	// Client trailers never go upstream.
+	_ = h.SetTrailerBytes(nil)
+	u := req.URI()
+	u.DisablePathNormalizing = true
+	if p.Route.Target.Scheme == "https" {
+		u.SetSchemeBytes(httpsScheme)
+	} else {
+		u.SetSchemeBytes(httpScheme)
+	}
+	u.SetHost(p.Host)
+	h.SetHost(p.Host)
+	u.SetPath(p.Path)
+	u.SetQueryString(p.RawQuery)
+	return clientClose
+}
+
+// dropHeaders deletes the headers for which drop is true; drop is given
+// the names the Connection header lists.
+func dropHeaders[H interface {
+	*fasthttp.RequestHeader | *fasthttp.ResponseHeader
+	PeekAll(key string) [][]byte
+	DelBytes(key []byte)
+}](h H, drop func(name string, conn []string) bool) {
+	var conn []string
+	if vs := h.PeekAll("Connection"); len(vs) > 0 {
+		vals := make([]string, len(vs))
+		for i, v := range vs {
+			vals[i] = string(v)
+		}
+		conn = proxy.ConnectionTokens(vals)
+	}
+	var del [16][]byte
+	n := 0
+	var more [][]byte
+	each(h, func(k []byte) {
+		if drop(b2s(k), conn) {
+			if n < len(del) {
+				del[n] = append([]byte(nil), k...)
+				n++
+			} else {
+				more = append(more, append([]byte(nil), k...))
+			}
+		}
+	})
+	for _, k := range append(del[:n], more...) {
+		h.DelBytes(k)
+	}
+}
+
+// each calls fn with every header name of h.
+func each[H interface {
+	*fasthttp.RequestHeader | *fasthttp.ResponseHeader
+}](h H, fn func(k []byte)) {
+	switch h := any(h).(type) {
+	case *fasthttp.RequestHeader:
+		for k := range h.All() {
+			fn(k)
+		}
+	case *fasthttp.ResponseHeader:
+		for k := range h.All() {
+			fn(k)
+		}
+	}
+}
+
+// smallBody is the largest response body of known length that is read whole
+// before it is sent on; larger ones, and those of unknown length, stream.
+const smallBody = 16 << 10
+
+// newUpstreamClient returns the HTTP/1.1 client of one route's upstream for
+// the fasthttp front: kept-alive connections, response bodies streamed as
+// they arrive, and a read that waits longer than idle fails.
+func newUpstreamClient(u *url.URL, idle time.Duration) *fasthttp.HostClient {
+	addr := u.Host
+	if u.Port() == "" {
+		port := "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+		addr = net.JoinHostPort(u.Hostname(), port)
+	}
+	return &fasthttp.HostClient{
+		Addr:                     addr,
+		IsTLS:                    u.Scheme == "https",
+		TLSConfig:                &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12},
+		MaxConns:                 4096,
+		MaxIdleConnDuration:      90 * time.Second,
+		ReadBufferSize:           maxHeaderBytes,
+		StreamResponseBody:       true,
+		NoDefaultUserAgentHeader: true,
+		DisablePathNormalizing:   true, // the core normalized the path once
+		DialTimeout: func(addr string, timeout time.Duration) (net.Conn, error) {
+			c, err := fasthttp.DialTimeout(addr, 10*time.Second)
+			if err != nil {
+				return nil, err
+			}
+			return newIdleConn(c, idle), nil
+		},
+	}
+}

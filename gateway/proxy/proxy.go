@@ -1,0 +1,168 @@
+// Package proxy decides how a request is forwarded upstream: the
+// forwarding plan (route, upstream path and query, the headers dropped and
+// set) and the hop-by-hop and X-Forwarded-* rules, kept in one place for
+// both servers, which only carry a plan out.
+package proxy
+
+import (
+	"net/netip"
+	"strings"
+
+	"github.com/kmsgate/kmsgate/gateway/header"
+	"github.com/kmsgate/kmsgate/gateway/identity"
+	"github.com/kmsgate/kmsgate/gateway/route"
+)
+
+// DefaultAssertionHeader is the request header that carries the signed
+// identity assertion to upstreams.
+const DefaultAssertionHeader = "X-Kmsgate-Jwt-Assertion"
+
+// hopHeaders are the hop-by-hop headers a proxy must not forward (RFC 9110
+// 7.6.1), besides any the Connection header names. The message framing
+// (Content-Length, Transfer-Encoding) is each server's client's own work.
+var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Upgrade", "Host"}
+
+// forwardingHeaders describe the client's connection; a client may not set
+// them (a trusted proxy's X-Forwarded-For chain is kept by the plan).
+var forwardingHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Real-Ip"}
+
+// HopByHop reports whether a header is hop-by-hop: one of RFC 9110's, or
+// one the message's Connection header names (conn, from ConnectionTokens).
+func HopByHop(name string, conn []string) bool {
+	for _, h := range hopHeaders {
+		if header.Exact(name, h) {
+			return true
+		}
+	}
+	for _, h := range conn {
+		if header.Exact(name, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// ConnectionTokens returns the header names a Connection header's values
+// list, apart from "close", "keep-alive" and "upgrade", which name no header.
+func ConnectionTokens(values []string) []string {
+	var names []string
+	for _, v := range values {
+		for _, t := range strings.Split(v, ",") {
+			t = strings.TrimSpace(t)
+			if t == "" || header.Exact(t, "close") || header.Exact(t, "keep-alive") || header.Exact(t, "upgrade") {
+				continue
+			}
+			names = append(names, t)
+		}
+	}
+	return names
+}
+
+// Rules are the proxy's header rules fixed at start.
+type Rules struct {
+	// Assertion lists every assertion header name in use; a client's copy
+	// is never forwarded, in any variant.
+	Assertion []string
+	// Trusted are the addresses of the authenticating proxy in front,
+	// whose identity headers and X-Forwarded-For chain are kept.
+	Trusted []netip.Prefix
+}
+
+// Plan is how one request is forwarded, decided once by the core and
+// carried out by whichever server received the request.
+type Plan struct {
+	// Route is the matched route; its Index keys the servers' upstream
+	// clients.
+	Route *route.Route
+	// Path and RawQuery are the upstream request's path (normalized, the
+	// upstream's own path joined before it) and query (as received).
+	Path, RawQuery string
+	// Host is the Host header sent upstream: the upstream's.
+	Host string
+	// WebSocket is set for a WebSocket upgrade, the only upgrade passed on.
+	WebSocket bool
+
+	rules             *Rules
+	conn              []string
+	trustedPeer       bool
+	dropAuthorization bool
+	set               [6]header.Field
+	nset              int
+}
+
+// Client is what a plan reads of the client's request.
+type Client struct {
+	// Host is the Host header (or :authority) as received.
+	Host string
+	// Peer is the client connection's address.
+	Peer netip.Addr
+	// TLS tells whether the client connection is TLS.
+	TLS bool
+	// Values returns a request header's values, by canonical name.
+	Values func(name string) []string
+}
+
+// NewPlan returns the plan of a request for rt, with its signed assertion.
+// webSocket passes the request's WebSocket upgrade on.
+func (r *Rules) NewPlan(rt *route.Route, path, query string, c Client, assertion string, dropAuthorization, webSocket bool) Plan {
+	p := Plan{
+		Route: rt, Path: rt.UpstreamPath(path), RawQuery: rt.UpstreamQuery(query), Host: rt.Target.Host, WebSocket: webSocket,
+		rules: r, conn: ConnectionTokens(c.Values("Connection")), trustedPeer: identity.Trusted(c.Peer, r.Trusted),
+		dropAuthorization: dropAuthorization,
+	}
+	xff := c.Peer.String()
+	if p.trustedPeer {
+		if chain := c.Values("X-Forwarded-For"); len(chain) > 0 {
+			// Keep the chain of a trusted proxy in front.
+			xff = strings.Join(chain, ", ") + ", " + xff
+		}
+	}
+	proto := "http"
+	if c.TLS {
+		proto = "https"
+	}
+	p.set = [6]header.Field{
+		{Name: "X-Forwarded-For", Value: xff},
+		{Name: "X-Forwarded-Host", Value: c.Host},
+		{Name: "X-Forwarded-Proto", Value: proto},
+		{Name: rt.Header, Value: assertion},
+		{Name: "Connection", Value: "Upgrade"},
+		{Name: "Upgrade", Value: "websocket"},
+	}
+	p.nset = 4
+	if webSocket {
+		p.nset = 6
+	}
+	return p
+}
+
+// Drop reports whether a client's request header is left out of the
+// upstream request: hop-by-hop headers, every variant of an assertion
+// header and of the X-Forwarded-* family (set anew by Set), identity
+// headers from an untrusted peer (and their "_" and "." variants from a
+// trusted one), and the bearer token a route's oidc source consumed.
+func (p *Plan) Drop(name string) bool {
+	if HopByHop(name, p.conn) {
+		return true
+	}
+	for _, a := range p.rules.Assertion {
+		if header.SameName(name, a) {
+			return true
+		}
+	}
+	for _, f := range forwardingHeaders {
+		if header.SameName(name, f) {
+			return true
+		}
+	}
+	for _, h := range identity.ForwardedHeaders {
+		if header.SameName(name, h) && (!p.trustedPeer || !header.Exact(name, h)) {
+			return true
+		}
+	}
+	return p.dropAuthorization && header.Exact(name, "Authorization")
+}
+
+// Set returns the headers the upstream request gets: X-Forwarded-For,
+// -Host and -Proto, the assertion, and for a WebSocket the upgrade.
+func (p *Plan) Set() []header.Field { return p.set[:p.nset] }
