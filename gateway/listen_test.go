@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"net"
 	"net/http"
-	"os"
 	"testing"
 	"time"
 
@@ -17,17 +16,9 @@ func listen() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }
 
 var errUnavailable = backends.ErrUnavailable
 
-// testClient speaks HTTP/1.1, which the fasthttp front answers, or with
-// KMSGATE_TEST_HTTP2 set, cleartext HTTP/2, which net/http answers: the
-// test script runs the package both ways.
-var testClient = func() *http.Client {
-	if os.Getenv("KMSGATE_TEST_HTTP2") == "" {
-		return &http.Client{Transport: &http.Transport{}}
-	}
-	p := new(http.Protocols)
-	p.SetUnencryptedHTTP2(true)
-	return &http.Client{Transport: &http.Transport{Protocols: p}}
-}()
+// testClient speaks HTTP/1.1; TestParity sends every kind of request over
+// HTTP/1.1, h2c and TLS h2 and checks the answers agree.
+var testClient = &http.Client{Transport: &http.Transport{}}
 
 // serve runs srv.Serve (with TLS when tlsCfg is set) on a loopback port
 // until the test ends and returns its address.

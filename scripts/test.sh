@@ -34,8 +34,6 @@ go vet ./...
 
 echo "== go test -race ./..." >&2
 go test -race -count=1 -timeout 20m ./...
-echo "== go test -race ./gateway over cleartext HTTP/2 (the net/http side of the front)" >&2
-KMSGATE_TEST_HTTP2=1 go test -race -count=1 -timeout 10m ./gateway/
 
 for m in "${NESTED_MODULES[@]}"; do
   echo "== go test -race in $m" >&2

@@ -68,7 +68,7 @@ func (c *Core) admit(r *Request, a *Answer) bool {
 		return false
 	}
 	if r.Method == http.MethodConnect {
-		a.Fail(http.StatusMethodNotAllowed, "method_not_allowed", "CONNECT is not served")
+		a.Fail(http.StatusBadRequest, "malformed", "CONNECT is not served")
 		return false
 	}
 	host, path, query, err := route.SplitTarget(r.Target)

@@ -54,7 +54,9 @@ func BenchmarkFastPrepare(b *testing.B) {
 		if !a.Forward {
 			b.Fatalf("refused: %d %s", a.Status, a.Body)
 		}
-		ff.prepare(&ctx, &a.Plan)
+		var up fasthttp.Request
+		var body clientBody
+		ff.prepare(&ctx, &a.Plan, &up, &body)
 	}
 	run() // warm the cache
 	b.ReportAllocs()

@@ -60,15 +60,22 @@ func (f *fastFront) server(maxBody int64) *fasthttp.Server {
 		KeepHijackedConns:            true, // handed off to net/http
 		Logger:                       fastLogger{f.log},
 		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
-			// The header was read in time; a streamed body may take as long
-			// as its upload takes (-1: chunked).
-			if cl := h.ContentLength(); cl > 0 || cl == -1 {
+			// The header was read in time. fasthttp reads the first
+			// preRead bytes of a body before the handler runs: a body that
+			// small must arrive within the header timeout too. A longer or
+			// chunked body streams, and may take as long as its upload
+			// takes; an answer given without reading it closes the
+			// connection.
+			if cl := h.ContentLength(); cl > preRead || cl == -1 {
 				return fasthttp.RequestConfig{ReadTimeout: 24 * time.Hour}
 			}
 			return fasthttp.RequestConfig{}
 		},
 	}
 }
+
+// preRead is how much of a body fasthttp reads before the handler runs.
+const preRead = 8 << 10
 
 // fastLogger sends fasthttp's own messages to the debug log.
 type fastLogger struct{ log *slog.Logger }
@@ -118,32 +125,49 @@ func (f fastHeaders) All(yield func(name, value string) bool) {
 // b is unchanged.
 func b2s(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
-// checkWire refuses what only HTTP/1.x framing can carry: obs-fold
-// continuation lines and a Transfer-Encoding other than exactly "chunked".
+// checkWire refuses what only HTTP/1.x framing can carry, read off the
+// raw header lines: obs-fold continuation lines, a Transfer-Encoding other
+// than exactly one "chunked", and Transfer-Encoding beside Content-Length
+// (RFC 9112 6.1 allows refusing it; it is the smuggling shape).
 func checkWire(h *fasthttp.RequestHeader) string {
 	raw := h.RawHeaders()
-	for i := 0; i+1 < len(raw); i++ {
-		if raw[i] == '\n' && (raw[i+1] == ' ' || raw[i+1] == '\t') {
+	te, cl := 0, false
+	for len(raw) > 0 {
+		line := raw
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			raw = nil
+		}
+		line = bytes.TrimSuffix(line, strCR)
+		if len(line) == 0 {
+			continue
+		}
+		if line[0] == ' ' || line[0] == '\t' {
 			return "obsolete line folding in the header"
 		}
-	}
-	if len(raw) > 0 && (raw[0] == ' ' || raw[0] == '\t') {
-		return "obsolete line folding in the header"
-	}
-	n := 0
-	for k, v := range h.All() {
-		if bytes.EqualFold(k, strTransferEncoding) {
-			n++
-			if n > 1 || !bytes.EqualFold(bytes.TrimSpace(v), strChunked) {
+		name, value, _ := bytes.Cut(line, strColon)
+		switch {
+		case bytes.EqualFold(name, strTransferEncoding):
+			te++
+			if te > 1 || !bytes.EqualFold(bytes.TrimSpace(value), strChunked) {
 				return "Transfer-Encoding must be exactly chunked"
 			}
+		case bytes.EqualFold(name, strContentLength):
+			cl = true
 		}
+	}
+	if te > 0 && cl {
+		return "Transfer-Encoding and Content-Length together"
 	}
 	return ""
 }
 
 var (
 	strTransferEncoding = []byte("Transfer-Encoding")
+	strContentLength    = []byte("Content-Length")
+	strCR               = []byte("\r")
+	strColon            = []byte(":")
 	strChunked          = []byte("chunked")
 	httpScheme          = []byte("http")
 	httpsScheme         = []byte("https")
@@ -268,15 +292,26 @@ func (f *fastFront) handOff(ctx *fasthttp.RequestCtx) {
 	})
 }
 
-// forward carries out a forwarding plan: the client's headers less those
-// the plan drops, the headers it sets, the upstream target; then the
-// upstream's answer less its hop-by-hop headers.
+// forward carries out a forwarding plan: an upstream request built from
+// the client's (its headers less those the plan drops, the headers it
+// sets, its body) is sent, and the upstream's answer is passed back less
+// its hop-by-hop headers.
 func (f *fastFront) forward(ctx *fasthttp.RequestCtx, a *core.Answer) {
-	clientClose := f.prepare(ctx, &a.Plan)
+	up := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(up)
+	var body clientBody
+	clientClose := f.prepare(ctx, &a.Plan, up, &body)
 	rt := a.Plan.Route
-	if err := f.clients[rt.Index].Do(&ctx.Request, &ctx.Response); err != nil {
-		f.log.Warn("upstream failed", "upstream", rt.Target.Host, "err", err.Error())
+	if err := f.clients[rt.Index].Do(up, &ctx.Response); err != nil {
 		a.Forward = false
+		if body.err != nil {
+			// The client's body was malformed (chunk framing) or cut off.
+			a.Fail(http.StatusBadRequest, "malformed", "the request body could not be read")
+			writeFast(ctx, a)
+			ctx.SetConnectionClose()
+			return
+		}
+		f.log.Warn("upstream failed", "upstream", rt.Target.Host, "err", err.Error())
 		a.Fail(http.StatusBadGateway, "bad_gateway", "the upstream did not answer")
 		writeFast(ctx, a)
 		return
@@ -306,20 +341,34 @@ func (f *fastFront) forward(ctx *fasthttp.RequestCtx, a *core.Answer) {
 	a.Status = resp.StatusCode()
 }
 
-// prepare rewrites a client's request into the upstream request of a plan
-// and reports whether the client asked to close its connection.
-func (f *fastFront) prepare(ctx *fasthttp.RequestCtx, p *proxy.Plan) (clientClose bool) {
-	req := &ctx.Request
-	h := &req.Header
-	clientClose = h.ConnectionClose()
-	dropHeaders(h, func(name string, _ []string) bool { return p.Drop(name) })
-	h.ResetConnectionClose()
+// prepare builds the upstream request of a plan into up and reports
+// whether the client asked to close its connection. Only what the plan
+// keeps is copied: client trailers, parsed into the client's request as
+// its body is read, never reach up.
+func (f *fastFront) prepare(ctx *fasthttp.RequestCtx, p *proxy.Plan, up *fasthttp.Request, body *clientBody) (clientClose bool) {
+	in := &ctx.Request.Header
+	h := &up.Header
+	h.DisableNormalizing() // names come canonical from the server's parser
+	h.SetNoDefaultContentType(true)
+	h.SetMethodBytes(in.Method())
+	for k, v := range in.All() {
+		if framing(k) || p.Drop(b2s(k)) {
+			continue
+		}
+		h.AddBytesKV(k, v)
+	}
 	for _, fl := range p.Set() {
 		h.Set(fl.Name, fl.Value)
 	}
-	// Client trailers never go upstream.
-	_ = h.SetTrailerBytes(nil)
-	u := req.URI()
+	if n := bodyLen(in); n != 0 {
+		if ctx.Request.IsBodyStream() {
+			body.r = ctx.RequestBodyStream()
+			up.SetBodyStream(body, int(n))
+		} else {
+			up.SetBodyRaw(ctx.Request.Body())
+		}
+	}
+	u := up.URI()
 	u.DisablePathNormalizing = true
 	if p.Route.Target.Scheme == "https" {
 		u.SetSchemeBytes(httpsScheme)
@@ -330,7 +379,29 @@ func (f *fastFront) prepare(ctx *fasthttp.RequestCtx, p *proxy.Plan) (clientClos
 	h.SetHost(p.Host)
 	u.SetPath(p.Path)
 	u.SetQueryString(p.RawQuery)
-	return clientClose
+	return in.ConnectionClose()
+}
+
+// clientBody is a client's streamed body on its way upstream; it keeps the
+// first read error, so that a malformed body is told from a failed
+// upstream.
+type clientBody struct {
+	r   io.Reader
+	err error
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
+}
+
+// framing reports whether a header frames the message (Content-Length,
+// Transfer-Encoding); each hop's client writes its own.
+func framing(name []byte) bool {
+	return bytes.EqualFold(name, strContentLength) || bytes.EqualFold(name, strTransferEncoding)
 }
 
 // dropHeaders deletes the headers for which drop is true; drop is given

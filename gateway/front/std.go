@@ -1,6 +1,8 @@
 package front
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -53,8 +55,11 @@ func (s *stdFront) server(ctx context.Context) *http.Server {
 		ReadHeaderTimeout: headerTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		// "OPTIONS *" reaches the core too, which refuses it on every
+		// protocol.
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		BaseContext:                  func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pc, ok := c.(*prefixedConn); ok && pc.handedOff {
 				return context.WithValue(ctx, handedOffKey{}, pc)
@@ -122,7 +127,11 @@ func (s *stdFront) serve(c echo.Context) error {
 			c.Response().Header().Set("Connection", "close")
 		}
 		rp := s.proxies[a.Plan.Route.Index]
-		rp.ServeHTTP(c.Response(), hr.WithContext(context.WithValue(hr.Context(), planKey{}, &a.Plan)))
+		var w http.ResponseWriter = c.Response()
+		if a.Plan.WebSocket {
+			w = hijackBuffered{w}
+		}
+		rp.ServeHTTP(w, hr.WithContext(context.WithValue(hr.Context(), planKey{}, &a.Plan)))
 		a.Status = c.Response().Status
 	} else {
 		if a.Close && hr.ProtoMajor == 1 {
@@ -132,6 +141,29 @@ func (s *stdFront) serve(c echo.Context) error {
 	}
 	s.core.Observe(&r, &a, time.Since(start))
 	return nil
+}
+
+// hijackBuffered is a ResponseWriter whose Hijack returns a connection
+// that first replays what the server had already read from the client.
+// httputil.ReverseProxy copies a WebSocket from the hijacked connection
+// alone, so without this the bytes a client sent right behind its upgrade
+// request (and the one byte net/http reads ahead to notice a closed
+// connection) would never reach the upstream.
+type hijackBuffered struct{ http.ResponseWriter }
+
+func (w hijackBuffered) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w hijackBuffered) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		c = &prefixedConn{Conn: c, prefix: bytes.Clone(b)}
+		brw.Reader.Reset(c)
+	}
+	return c, brw, nil
 }
 
 // writeStd writes a core answer.

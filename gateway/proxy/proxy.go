@@ -26,6 +26,9 @@ var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy
 // them (a trusted proxy's X-Forwarded-For chain is kept by the plan).
 var forwardingHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Real-Ip"}
 
+// framingHeaders frame a message; their variants are never forwarded.
+var framingHeaders = []string{"Content-Length", "Transfer-Encoding"}
+
 // HopByHop reports whether a header is hop-by-hop: one of RFC 9110's, or
 // one the message's Connection header names (conn, from ConnectionTokens).
 func HopByHop(name string, conn []string) bool {
@@ -157,6 +160,13 @@ func (p *Plan) Drop(name string) bool {
 	}
 	for _, h := range identity.ForwardedHeaders {
 		if header.SameName(name, h) && (!p.trustedPeer || !header.Exact(name, h)) {
+			return true
+		}
+	}
+	for _, h := range framingHeaders {
+		// The framing itself is the servers' own; a "_" or "." variant
+		// could be folded into it by a CGI-style app.
+		if header.SameName(name, h) && !header.Exact(name, h) {
 			return true
 		}
 	}
