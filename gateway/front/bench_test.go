@@ -36,27 +36,31 @@ func BenchmarkFastPrepare(b *testing.B) {
 	}
 	ff := newFastFront(c, nil)
 	var tmpl fasthttp.Request
-	tmpl.Header.SetRequestURI("/app/page?q=1")
+	// The same request as BenchmarkPrepareUpstream's before the one core.
+	tmpl.Header.SetRequestURI("/")
 	tmpl.Header.SetHost("127.0.0.1:8080")
 	tmpl.Header.Set("X-Forwarded-User", "alice")
-	tmpl.Header.Set("User-Agent", "wrk")
-	tmpl.Header.Set("Accept", "*/*")
 	var ctx fasthttp.RequestCtx
 	ctx.Init(&tmpl, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5000}, nil)
+	var up fasthttp.Request
 	run := func() {
 		tmpl.CopyTo(&ctx.Request)
+		up.Reset()
 		if checkWire(&ctx.Request.Header) != "" {
 			b.Fatal("wire check refused")
 		}
-		r := request(&ctx)
-		var a core.Answer
-		c.Serve(&r, &a)
-		if !a.Forward {
-			b.Fatalf("refused: %d %s", a.Status, a.Body)
+		h := &ctx.Request.Header
+		h.DisableNormalizing()
+		x := ff.exchanges.Get().(*exchange)
+		ff.request(&ctx, &x.r)
+		c.Serve(&x.r, &x.a)
+		if !x.a.Forward {
+			b.Fatalf("refused: %d %s", x.a.Status, x.a.Body)
 		}
-		var up fasthttp.Request
 		var body clientBody
-		ff.prepare(&ctx, &a.Plan, &up, &body)
+		ff.prepare(&ctx, &x.a.Plan, &up, &body)
+		ff.release(x)
+		h.EnableNormalizing()
 	}
 	run() // warm the cache
 	b.ReportAllocs()

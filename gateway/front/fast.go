@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -27,14 +28,24 @@ import (
 // kept-alive client per route. WebSocket upgrades are handed to the
 // net/http server, which serves them through the same core.
 type fastFront struct {
-	core    *core.Core
-	clients []*fasthttp.HostClient // by route index
-	handoff *connQueue
-	log     *slog.Logger
+	core      *core.Core
+	clients   []*fasthttp.HostClient // by route index
+	handoff   *connQueue
+	log       *slog.Logger
+	base      context.Context // of every request: fasthttp's own ends at shutdown
+	exchanges sync.Pool       // of *exchange
+}
+
+// exchange is the core's view of one request and its answer, pooled: both
+// are too large to allocate per request on the hot path.
+type exchange struct {
+	r core.Request
+	a core.Answer
 }
 
 func newFastFront(c *core.Core, handoff *connQueue) *fastFront {
-	f := &fastFront{core: c, handoff: handoff, log: c.Logger()}
+	f := &fastFront{core: c, handoff: handoff, log: c.Logger(), base: context.Background()}
+	f.exchanges.New = func() any { return new(exchange) }
 	for _, rt := range c.Routes() {
 		f.clients = append(f.clients, newUpstreamClient(rt.Target, c.UpstreamTimeout()))
 	}
@@ -121,6 +132,9 @@ func (f fastHeaders) All(yield func(name, value string) bool) {
 	}
 }
 
+// s2b views s as bytes without copying, for calls that only read them.
+func s2b(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
+
 // b2s views b as a string without copying; the string is valid only while
 // b is unchanged.
 func b2s(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
@@ -183,16 +197,16 @@ func methodString(m []byte) string {
 	return string(m)
 }
 
-// request builds the core's view of a fasthttp request.
-func request(ctx *fasthttp.RequestCtx) core.Request {
+// request builds the core's view of a fasthttp request into r. Target and
+// Authority view fasthttp's buffers: they, and what the core derives from
+// them (the path, the plan's path), are valid until the handler returns.
+func (f *fastFront) request(ctx *fasthttp.RequestCtx, r *core.Request) {
 	h := &ctx.Request.Header
-	r := core.Request{
-		// fasthttp's request context ends at shutdown, when in-flight
-		// requests must still finish.
-		Ctx:       context.WithoutCancel(ctx),
+	*r = core.Request{
+		Ctx:       f.base,
 		Method:    methodString(h.Method()),
-		Target:    string(h.RequestURI()),
-		Authority: string(h.Host()),
+		Target:    b2s(h.RequestURI()),
+		Authority: b2s(h.Host()),
 		TLSState:  ctx.TLSConnectionState(),
 		Headers:   fastHeaders{h},
 		BodyLen:   bodyLen(h),
@@ -207,7 +221,6 @@ func request(ctx *fasthttp.RequestCtx) core.Request {
 			r.Body = bytes.NewReader(ctx.Request.Body())
 		}
 	}
-	return r
 }
 
 // bodyLen is a request's body length: -1 for chunked, 0 without a body (a
@@ -237,20 +250,32 @@ func (f *fastFront) serve(ctx *fasthttp.RequestCtx) {
 		f.handOff(ctx)
 		return // net/http serves it through the core
 	}
-	r := request(ctx)
-	var a core.Answer
-	f.core.Serve(&r, &a)
+	// Every name the core looks up is canonical, as the parser stored
+	// them: lookups skip normalizing their key.
+	h.DisableNormalizing()
+	defer h.EnableNormalizing()
+	x := f.exchanges.Get().(*exchange)
+	defer f.release(x)
+	r, a := &x.r, &x.a
+	f.request(ctx, r)
+	f.core.Serve(r, a)
 	if a.Forward {
-		f.forward(ctx, &a)
+		f.forward(ctx, a)
 	} else {
-		writeFast(ctx, &a)
+		writeFast(ctx, a)
 		if a.Close || !r.BodyRead() {
 			// An answer given before the body was read: close rather than
 			// drain what the client may still send.
 			ctx.SetConnectionClose()
 		}
 	}
-	f.core.Observe(&r, &a, time.Since(start))
+	f.core.Observe(r, a, time.Since(start))
+}
+
+// release returns an exchange to the pool, holding nothing of its request.
+func (f *fastFront) release(x *exchange) {
+	*x = exchange{}
+	f.exchanges.Put(x)
 }
 
 // writeFast writes a core answer.
@@ -358,7 +383,7 @@ func (f *fastFront) prepare(ctx *fasthttp.RequestCtx, p *proxy.Plan, up *fasthtt
 		h.AddBytesKV(k, v)
 	}
 	for _, fl := range p.Set() {
-		h.Set(fl.Name, fl.Value)
+		h.SetCanonical(s2b(fl.Name), s2b(fl.Value)) // copied
 	}
 	if n := bodyLen(in); n != 0 {
 		if ctx.Request.IsBodyStream() {
