@@ -151,6 +151,34 @@ func TestWebSocketPipelinedBytes(t *testing.T) {
 	}
 }
 
+// TestRefusedWebSocketCloses: a WebSocket upgrade the upstream refuses
+// (no 101) is answered, and the connection, which the HTTP/1.x server
+// handed to net/http for the upgrade, is closed rather than kept for more
+// requests on the other server.
+func TestRefusedWebSocketCloses(t *testing.T) {
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusForbidden) })
+	e := newProxyEnv(t, gateway.ProxyConfig{Upstream: up.URL, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32")})
+	for name, req := range map[string]string{
+		"refused by the upstream": "GET /ws HTTP/1.1\r\nHost: app\r\nX-Forwarded-User: alice\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+		"refused by the gateway":  "GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+	} {
+		c := dialRaw(t, e.addr)
+		io.WriteString(c, req+"GET /next HTTP/1.1\r\nHost: app\r\nX-Forwarded-User: alice\r\n\r\n")
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != 403 && resp.StatusCode != 401 {
+			t.Errorf("%s: %d", name, resp.StatusCode)
+		}
+		if _, err := http.ReadResponse(br, nil); err == nil {
+			t.Errorf("%s: a second request was served on the handed-off connection", name)
+		}
+	}
+}
+
 // TestEarlyAnswerCloses: a request answered before its body was read (401
 // here) gets its answer at once and the connection closed, instead of the
 // gateway draining a body that may never come; a small body that never

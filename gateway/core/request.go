@@ -44,6 +44,9 @@ type Request struct {
 	// length: -1 when unknown (chunked, or HTTP/2 without content-length).
 	Body    io.Reader
 	BodyLen int64
+	// Buffered is the whole body when the server already holds it in
+	// memory (then Body reads the same bytes).
+	Buffered []byte
 
 	// Path and RawQuery are the normalized path and the query as received,
 	// set by Serve; Host is the host name routes match (Host from the

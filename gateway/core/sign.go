@@ -13,6 +13,9 @@ import (
 	"strings"
 	"time"
 
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
+
 	"github.com/kmsgate/kmsgate/jwks"
 )
 
@@ -63,6 +66,10 @@ func (c *Core) readBody(r *Request, a *Answer) ([]byte, bool) {
 	if r.Body == nil || r.BodyLen == 0 {
 		r.bodyRead = true
 		return nil, true
+	}
+	if r.Buffered != nil && int64(len(r.Buffered)) <= c.cfg.MaxBody {
+		r.bodyRead = true
+		return r.Buffered, true
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, c.cfg.MaxBody+1))
 	switch {
@@ -227,86 +234,50 @@ func signResponse(token, kid string, exp time.Time) []byte {
 	return b
 }
 
-// decodeSignRequest reads a sign request body strictly: one JSON object
-// with only the members "claims" and "ttl" (exact spelling), no key twice
-// in any object, and nothing after it.
+// decodeSignRequest reads a sign request body strictly, in one pass of
+// the JSON v2 decoder: one JSON object with only the members "claims" and
+// "ttl" (exact spelling), no name twice in any object at any depth (the
+// gateway and a verifier could otherwise read different values of one
+// claim), valid UTF-8, nothing after it. Numbers in claims keep their
+// exact digits (json.Number).
 func decodeSignRequest(body []byte) (signRequest, error) {
 	const form = `body must be a JSON object {"claims": {...}, "ttl": "5m"}`
+	var raw struct {
+		Claims map[string]jsontext.Value `json:"claims"`
+		TTL    jsontext.Value            `json:"ttl"`
+	}
 	var req signRequest
-	if err := checkDuplicateKeys(body); err != nil {
+	if err := jsonv2.Unmarshal(body, &raw, jsonv2.RejectUnknownMembers(true)); err != nil {
 		return req, fmt.Errorf("%s: %w", form, err)
 	}
-	var top map[string]json.RawMessage
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&top); err != nil || top == nil {
-		if err == nil {
-			err = errors.New("null")
-		}
-		return req, fmt.Errorf("%s: %v", form, err)
+	if raw.Claims == nil {
+		return req, errors.New("claims must be a JSON object")
 	}
-	if dec.More() {
-		return req, errors.New("body has data after the JSON object")
-	}
-	for k, v := range top {
-		switch k {
-		case "claims":
+	req.TTL = json.RawMessage(raw.TTL)
+	req.Claims = make(map[string]any, len(raw.Claims))
+	for k, v := range raw.Claims {
+		var val any
+		switch v.Kind() {
+		case '"':
+			var str string
+			if err := jsonv2.Unmarshal(v, &str); err != nil {
+				return req, fmt.Errorf("claims.%s: %w", k, err)
+			}
+			val = str
+		case '0':
+			val = json.Number(v)
+		case 't', 'f':
+			val = v.Kind() == 't'
+		case 'n':
+			val = nil
+		default: // objects and arrays, with json.Number inside
 			d := json.NewDecoder(bytes.NewReader(v))
 			d.UseNumber()
-			if err := d.Decode(&req.Claims); err != nil || req.Claims == nil {
-				return req, errors.New("claims must be a JSON object")
+			if err := d.Decode(&val); err != nil {
+				return req, fmt.Errorf("claims.%s: %w", k, err)
 			}
-		case "ttl":
-			req.TTL = v
-		default:
-			return req, fmt.Errorf("%s: unknown member %q", form, k)
 		}
+		req.Claims[k] = val
 	}
 	return req, nil
-}
-
-// checkDuplicateKeys refuses JSON in which an object names a key twice, at
-// any depth: verifiers and the gateway could otherwise read different
-// values of one claim.
-func checkDuplicateKeys(body []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	// One set of keys per open object; nil for an open array.
-	var stack []map[string]bool
-	expectKey := func() bool { return len(stack) > 0 && stack[len(stack)-1] != nil }
-	afterValue := true // whether the next token in an object is a key
-	for {
-		tok, err := dec.Token()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		switch t := tok.(type) {
-		case json.Delim:
-			switch t {
-			case '{':
-				stack = append(stack, map[string]bool{})
-				afterValue = true
-				continue
-			case '[':
-				stack = append(stack, nil)
-			case '}', ']':
-				stack = stack[:len(stack)-1]
-			}
-			afterValue = true
-			continue
-		case string:
-			if expectKey() && afterValue {
-				keys := stack[len(stack)-1]
-				if keys[t] {
-					return fmt.Errorf("key %q appears twice in one object", t)
-				}
-				keys[t] = true
-				afterValue = false
-				continue
-			}
-		}
-		afterValue = true
-	}
 }

@@ -218,7 +218,8 @@ func (f *fastFront) request(ctx *fasthttp.RequestCtx, r *core.Request) {
 		if ctx.Request.IsBodyStream() {
 			r.Body = ctx.RequestBodyStream()
 		} else {
-			r.Body = bytes.NewReader(ctx.Request.Body())
+			r.Buffered = ctx.Request.Body()
+			r.Body = bytes.NewReader(r.Buffered)
 		}
 	}
 }

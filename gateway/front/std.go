@@ -112,35 +112,49 @@ func (s *stdFront) serve(c echo.Context) error {
 	if r.BodyLen < 0 {
 		r.BodyLen = -1
 	}
-	if handedOff != nil && !core.WantsWebSocket(hr.Method, r.Headers) {
-		// Only an upgrade is handed off; after one that was refused, the
-		// connection is not kept for more requests.
-		c.Response().Header().Set("Connection", "close")
+	var w http.ResponseWriter = c.Response()
+	if handedOff != nil {
+		// Only a WebSocket upgrade is handed off: unless it switches
+		// protocols, the connection is not kept for more requests.
+		w = &oneShot{ResponseWriter: w}
 	}
 	var a core.Answer
 	s.core.Serve(&r, &a)
 	if a.Forward {
 		if !a.Plan.WebSocket {
 			hr.Header.Del("Upgrade") // only WebSocket upgrades pass
-		}
-		if handedOff != nil && !a.Plan.WebSocket {
-			c.Response().Header().Set("Connection", "close")
-		}
-		rp := s.proxies[a.Plan.Route.Index]
-		var w http.ResponseWriter = c.Response()
-		if a.Plan.WebSocket {
+		} else {
 			w = hijackBuffered{w}
 		}
+		rp := s.proxies[a.Plan.Route.Index]
 		rp.ServeHTTP(w, hr.WithContext(context.WithValue(hr.Context(), planKey{}, &a.Plan)))
 		a.Status = c.Response().Status
 	} else {
 		if a.Close && hr.ProtoMajor == 1 {
-			c.Response().Header().Set("Connection", "close")
+			w.Header().Set("Connection", "close")
 		}
-		writeStd(c.Response(), &a)
+		writeStd(w, &a)
 	}
 	s.core.Observe(&r, &a, time.Since(start))
 	return nil
+}
+
+// oneShot is the ResponseWriter of a connection the HTTP/1.x server
+// handed off: any answer but 101 Switching Protocols closes it.
+type oneShot struct{ http.ResponseWriter }
+
+func (w *oneShot) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *oneShot) WriteHeader(code int) {
+	if code != http.StatusSwitchingProtocols {
+		w.Header().Set("Connection", "close")
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *oneShot) Write(b []byte) (int, error) {
+	w.Header().Set("Connection", "close") // Write without WriteHeader: 200
+	return w.ResponseWriter.Write(b)
 }
 
 // hijackBuffered is a ResponseWriter whose Hijack returns a connection
