@@ -556,3 +556,37 @@ func TestJWKSNotServedPartially(t *testing.T) {
 		t.Fatalf("after both loaded: %d, %d keys", s, len(kr.State().Plan.Keys))
 	}
 }
+
+// TestSignStrictClaims: reserved claims are refused in any letter case, and
+// a body that names a key twice anywhere is malformed; nothing is signed.
+func TestSignStrictClaims(t *testing.T) {
+	e := newEnv(t, func(c *gateway.Config) { c.Clients[0].Claims = []string{"*"} })
+	e.refresh(t)
+	for _, body := range []string{
+		`{"claims":{"sub":"svc-1","aud":"billing","ISS":"evil"}}`,
+		`{"claims":{"sub":"svc-1","aud":"billing","Exp":9999999999}}`,
+		`{"claims":{"sub":"svc-1","aud":"billing","NBF":0}}`,
+		`{"claims":{"sub":"svc-1","aud":"billing","Jti":"x"}}`,
+		`{"claims":{"sub":"svc-1","aud":"billing","IAT":0}}`,
+	} {
+		r, out := sign(t, e, clientToken, body)
+		if r.StatusCode != 400 || out["code"] != "reserved_claim" {
+			t.Errorf("%s: %d %v", body, r.StatusCode, out)
+		}
+	}
+	for _, body := range []string{
+		`{"claims":{"sub":"svc-1","aud":"billing","sub":"svc-2"}}`,
+		`{"claims":{"sub":"svc-1","aud":"billing"},"claims":{"sub":"svc-2","aud":"billing"}}`,
+		`{"claims":{"sub":"svc-1","aud":"billing","scope":{"a":1,"a":2}}}`,
+		`{"claims":{"sub":"svc-1","aud":"billing"},"ttl":"1m","ttl":"10m"}`,
+		`{"Claims":{"sub":"svc-1","aud":"billing"}}`,
+	} {
+		r, out := sign(t, e, clientToken, body)
+		if r.StatusCode != 400 || out["code"] != "malformed" {
+			t.Errorf("%s: %d %v", body, r.StatusCode, out)
+		}
+	}
+	if n := e.fake.Signs.Load(); n != 0 {
+		t.Errorf("%d signatures for refused requests", n)
+	}
+}

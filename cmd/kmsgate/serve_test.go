@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -39,6 +40,24 @@ func TestServeEndToEnd(t *testing.T) {
 		t.Fatalf("alias path: %v %v", resp, err)
 	}
 	resp.Body.Close()
+	// Metrics and health are on the admin port only.
+	for url, want := range map[string]int{
+		g.AdminURL + "/metrics": 200, g.AdminURL + "/healthz": 200, g.AdminURL + "/readyz": 200, g.AdminURL + "/debug/pprof/": 404,
+		g.URL + "/metrics": 404, g.URL + "/healthz": 404, g.URL + "/readyz": 404,
+	} {
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s: %d, want %d", url, resp.StatusCode, want)
+		}
+		if strings.HasSuffix(url, "/metrics") && want == 200 && !strings.Contains(string(body), "kmsgate_keys_ready 1") {
+			t.Errorf("admin metrics lack kmsgate_keys_ready 1")
+		}
+	}
 	// SIGTERM: a clean exit, and no token or key in the logs.
 	if err := g.Stop(t); err != nil {
 		t.Fatalf("exit after SIGTERM: %v\n%s", err, g.Logs())
@@ -66,6 +85,9 @@ func TestServeRefusesAtStart(t *testing.T) {
 		{[]string{"serve", "--key", "file://" + good, "--listen", "127.0.0.1:0"}, 2, "--issuer is required"},
 		{[]string{"serve", "--key", "file://" + good, "--issuer", "x.example", "--listen", "127.0.0.1:0"}, 2, "http:// or https://"},
 		{[]string{"serve", "--key", "file://" + good, "--issuer", "http://x.example", "--listen", "127.0.0.1:0", "--tls-cert", "/nonexistent"}, 2, "--tls-cert and --tls-key go together"},
+		{[]string{"serve", "--key", "file://" + good, "--issuer", "http://x.example", "--listen", "127.0.0.1:0", "--escaped-slashes", "decode"}, 2, `--escaped-slashes "decode": want reject or keep`},
+		{[]string{"serve", "--key", "file://" + good, "--issuer", "http://x.example", "--listen", "127.0.0.1:0", "--admin-listen", "", "--pprof"}, 2, "--pprof needs the admin port"},
+		{[]string{"serve", "--key", "file://" + good, "--issuer", "http://x.example", "--listen", "127.0.0.1:0", "--gateway-prefix", "kmsgate/"}, 2, "--gateway-prefix"},
 	} {
 		_, errOut, code := run(t, nil, c.args...)
 		if code != c.code || !strings.Contains(errOut, c.want) {

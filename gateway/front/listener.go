@@ -166,9 +166,6 @@ type prefixedConn struct {
 	handedOff bool
 }
 
-// tlsStateKey keys the TLS state of a handed-off connection in the
-// net/http server's connection context.
-type tlsStateKey struct{}
 
 func (p *prefixedConn) Read(b []byte) (int, error) {
 	if len(p.prefix) > 0 {
