@@ -166,7 +166,6 @@ type prefixedConn struct {
 	handedOff bool
 }
 
-
 func (p *prefixedConn) Read(b []byte) (int, error) {
 	if len(p.prefix) > 0 {
 		n := copy(b, p.prefix)
