@@ -302,6 +302,7 @@ func (c *Core) buildProxy(ctx context.Context) (*proxyState, error) {
 			return nil, fmt.Errorf("identity source %q: want headers, oidc or client-cert", n)
 		}
 	}
+	p.rules.Prepare()
 	p.table = route.NewTable(routes, catchAll)
 	m, err := assertion.New(c.keys, c.cfg.Issuer, pc.TTL, pc.CacheSize, c.metrics)
 	if err != nil {

@@ -42,24 +42,22 @@ func BenchmarkFastPrepare(b *testing.B) {
 	tmpl.Header.Set("X-Forwarded-User", "alice")
 	var ctx fasthttp.RequestCtx
 	ctx.Init(&tmpl, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5000}, nil)
-	var up fasthttp.Request
 	run := func() {
 		tmpl.CopyTo(&ctx.Request)
-		up.Reset()
 		if checkWire(&ctx.Request.Header) != "" {
 			b.Fatal("wire check refused")
 		}
 		h := &ctx.Request.Header
 		h.DisableNormalizing()
-		x := ff.exchanges.Get().(*exchange)
-		ff.request(&ctx, &x.r)
-		c.Serve(&x.r, &x.a)
-		if !x.a.Forward {
-			b.Fatalf("refused: %d %s", x.a.Status, x.a.Body)
+		sc, done := ff.scratchFor(&ctx)
+		ff.request(&ctx, &sc.r)
+		c.Serve(&sc.r, &sc.a)
+		if !sc.a.Forward {
+			b.Fatalf("refused: %d %s", sc.a.Status, sc.a.Body)
 		}
 		var body clientBody
-		ff.prepare(&ctx, &x.a.Plan, &up, &body)
-		ff.release(x)
+		ff.prepare(&ctx, &sc.a.Plan, &sc.up, &body)
+		done()
 		h.EnableNormalizing()
 	}
 	run() // warm the cache

@@ -33,19 +33,42 @@ type fastFront struct {
 	handoff   *connQueue
 	log       *slog.Logger
 	base      context.Context // of every request: fasthttp's own ends at shutdown
-	exchanges sync.Pool       // of *exchange
+	scratches sync.Pool       // of *scratch, for connections without their own
 }
 
-// exchange is the core's view of one request and its answer, pooled: both
-// are too large to allocate per request on the hot path.
-type exchange struct {
-	r core.Request
-	a core.Answer
+// scratch is the memory of one request's handling: the core's view of the
+// request, its answer, and the upstream request. It is too large to
+// allocate per request on the hot path; a connection keeps its own (its
+// requests come one at a time), other requests borrow one from a pool.
+type scratch struct {
+	r  core.Request
+	a  core.Answer
+	up fasthttp.Request
+}
+
+// scratchHolder is a connection with scratch space of its own.
+type scratchHolder interface{ scratch() *scratch }
+
+// scratchFor returns the scratch space of a request, and a function that
+// clears it once the request is answered.
+func (f *fastFront) scratchFor(ctx *fasthttp.RequestCtx) (*scratch, func()) {
+	if h, ok := ctx.Conn().(scratchHolder); ok {
+		sc := h.scratch()
+		return sc, func() { sc.clear() }
+	}
+	sc := f.scratches.Get().(*scratch)
+	return sc, func() { sc.clear(); f.scratches.Put(sc) }
+}
+
+// clear drops everything a scratch holds of its request.
+func (sc *scratch) clear() {
+	sc.r, sc.a = core.Request{}, core.Answer{}
+	sc.up.Reset()
 }
 
 func newFastFront(c *core.Core, handoff *connQueue) *fastFront {
 	f := &fastFront{core: c, handoff: handoff, log: c.Logger(), base: context.Background()}
-	f.exchanges.New = func() any { return new(exchange) }
+	f.scratches.New = func() any { return new(scratch) }
 	for _, rt := range c.Routes() {
 		f.clients = append(f.clients, newUpstreamClient(rt.Target, c.UpstreamTimeout()))
 	}
@@ -255,13 +278,13 @@ func (f *fastFront) serve(ctx *fasthttp.RequestCtx) {
 	// them: lookups skip normalizing their key.
 	h.DisableNormalizing()
 	defer h.EnableNormalizing()
-	x := f.exchanges.Get().(*exchange)
-	defer f.release(x)
-	r, a := &x.r, &x.a
+	sc, done := f.scratchFor(ctx)
+	defer done()
+	r, a := &sc.r, &sc.a
 	f.request(ctx, r)
 	f.core.Serve(r, a)
 	if a.Forward {
-		f.forward(ctx, a)
+		f.forward(ctx, a, &sc.up)
 	} else {
 		writeFast(ctx, a)
 		if a.Close || !r.BodyRead() {
@@ -271,12 +294,6 @@ func (f *fastFront) serve(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	f.core.Observe(r, a, time.Since(start))
-}
-
-// release returns an exchange to the pool, holding nothing of its request.
-func (f *fastFront) release(x *exchange) {
-	*x = exchange{}
-	f.exchanges.Put(x)
 }
 
 // writeFast writes a core answer.
@@ -322,9 +339,7 @@ func (f *fastFront) handOff(ctx *fasthttp.RequestCtx) {
 // the client's (its headers less those the plan drops, the headers it
 // sets, its body) is sent, and the upstream's answer is passed back less
 // its hop-by-hop headers.
-func (f *fastFront) forward(ctx *fasthttp.RequestCtx, a *core.Answer) {
-	up := fasthttp.AcquireRequest()
-	defer fasthttp.ReleaseRequest(up)
+func (f *fastFront) forward(ctx *fasthttp.RequestCtx, a *core.Answer, up *fasthttp.Request) {
 	var body clientBody
 	clientClose := f.prepare(ctx, &a.Plan, up, &body)
 	rt := a.Plan.Route
@@ -441,7 +456,7 @@ func dropHeaders[H interface {
 	if vs := h.PeekAll("Connection"); len(vs) > 0 {
 		vals := make([]string, len(vs))
 		for i, v := range vs {
-			vals[i] = string(v)
+			vals[i] = b2s(v) // used only during this call
 		}
 		conn = proxy.ConnectionTokens(vals)
 	}

@@ -140,7 +140,10 @@ func classify(c net.Conn, tlsCfg *tls.Config) (net.Conn, bool, error) {
 		if err := c.SetDeadline(time.Time{}); err != nil {
 			return nil, false, err
 		}
-		return tc, tc.ConnectionState().NegotiatedProtocol == "h2", nil
+		if tc.ConnectionState().NegotiatedProtocol == "h2" {
+			return tc, true, nil
+		}
+		return &tlsConn{Conn: tc}, false, nil
 	}
 	// A request line is longer than 3 bytes, and only the HTTP/2 preface
 	// starts with "PRI".
@@ -164,6 +167,29 @@ type prefixedConn struct {
 	// handedOff marks a connection the HTTP/1.x server handed off after
 	// a WebSocket upgrade request.
 	handedOff bool
+	sc        *scratch
+}
+
+// tlsConn is a TLS connection of the HTTP/1.x server, with its scratch
+// space; it keeps tls.Conn's methods, which fasthttp reads the TLS state
+// through.
+type tlsConn struct {
+	*tls.Conn
+	sc *scratch
+}
+
+func (c *tlsConn) scratch() *scratch {
+	if c.sc == nil {
+		c.sc = new(scratch)
+	}
+	return c.sc
+}
+
+func (p *prefixedConn) scratch() *scratch {
+	if p.sc == nil {
+		p.sc = new(scratch)
+	}
+	return p.sc
 }
 
 func (p *prefixedConn) Read(b []byte) (int, error) {

@@ -87,3 +87,37 @@ func init() {
 
 // Field is one header field: a name and a value.
 type Field struct{ Name, Value string }
+
+// Set is a fixed set of header names with fast lookups: a name is compared
+// only with the members of its length.
+type Set struct{ byLen map[int][]string }
+
+// NewSet returns the set of names.
+func NewSet(names ...string) Set {
+	s := Set{byLen: map[int][]string{}}
+	for _, n := range names {
+		s.byLen[len(n)] = append(s.byLen[len(n)], n)
+	}
+	return s
+}
+
+// Exact reports whether name is in the set, ignoring letter case.
+func (s Set) Exact(name string) bool {
+	for _, m := range s.byLen[len(name)] {
+		if Exact(name, m) {
+			return true
+		}
+	}
+	return false
+}
+
+// Variant reports whether name is a variant (SameName) of a member, and
+// which member.
+func (s Set) Variant(name string) (string, bool) {
+	for _, m := range s.byLen[len(name)] {
+		if SameName(name, m) {
+			return m, true
+		}
+	}
+	return "", false
+}

@@ -20,22 +20,23 @@ const DefaultAssertionHeader = "X-Kmsgate-Jwt-Assertion"
 // hopHeaders are the hop-by-hop headers a proxy must not forward (RFC 9110
 // 7.6.1), besides any the Connection header names. The message framing
 // (Content-Length, Transfer-Encoding) is each server's client's own work.
-var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Upgrade", "Host"}
+var hopHeaders = header.NewSet("Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Upgrade", "Host")
 
 // forwardingHeaders describe the client's connection; a client may not set
 // them (a trusted proxy's X-Forwarded-For chain is kept by the plan).
-var forwardingHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Real-Ip"}
+var forwardingHeaders = header.NewSet("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Real-Ip")
+
+// identityHeaders are the identity headers of an authenticating proxy.
+var identityHeaders = header.NewSet(identity.ForwardedHeaders...)
 
 // framingHeaders frame a message; their variants are never forwarded.
-var framingHeaders = []string{"Content-Length", "Transfer-Encoding"}
+var framingHeaders = header.NewSet("Content-Length", "Transfer-Encoding")
 
 // HopByHop reports whether a header is hop-by-hop: one of RFC 9110's, or
 // one the message's Connection header names (conn, from ConnectionTokens).
 func HopByHop(name string, conn []string) bool {
-	for _, h := range hopHeaders {
-		if header.Exact(name, h) {
-			return true
-		}
+	if hopHeaders.Exact(name) {
+		return true
 	}
 	for _, h := range conn {
 		if header.Exact(name, h) {
@@ -50,6 +51,9 @@ func HopByHop(name string, conn []string) bool {
 func ConnectionTokens(values []string) []string {
 	var names []string
 	for _, v := range values {
+		if header.Exact(v, "keep-alive") || header.Exact(v, "close") {
+			continue // the usual values, without a split
+		}
 		for _, t := range strings.Split(v, ",") {
 			t = strings.TrimSpace(t)
 			if t == "" || header.Exact(t, "close") || header.Exact(t, "keep-alive") || header.Exact(t, "upgrade") {
@@ -66,6 +70,7 @@ type Rules struct {
 	// Assertion lists every assertion header name in use; a client's copy
 	// is never forwarded, in any variant.
 	Assertion []string
+	assertion header.Set
 	// Trusted are the addresses of the authenticating proxy in front,
 	// whose identity headers and X-Forwarded-For chain are kept.
 	Trusted []netip.Prefix
@@ -104,6 +109,9 @@ type Client struct {
 	// Values returns a request header's values, by canonical name.
 	Values func(name string) []string
 }
+
+// Prepare fixes the rules for use; call it once, before NewPlan.
+func (r *Rules) Prepare() { r.assertion = header.NewSet(r.Assertion...) }
 
 // NewPlan returns the plan of a request for rt, with its signed assertion.
 // webSocket passes the request's WebSocket upgrade on.
@@ -148,27 +156,19 @@ func (p *Plan) Drop(name string) bool {
 	if HopByHop(name, p.conn) {
 		return true
 	}
-	for _, a := range p.rules.Assertion {
-		if header.SameName(name, a) {
-			return true
-		}
+	if _, ok := p.rules.assertion.Variant(name); ok {
+		return true
 	}
-	for _, f := range forwardingHeaders {
-		if header.SameName(name, f) {
-			return true
-		}
+	if _, ok := forwardingHeaders.Variant(name); ok {
+		return true
 	}
-	for _, h := range identity.ForwardedHeaders {
-		if header.SameName(name, h) && (!p.trustedPeer || !header.Exact(name, h)) {
-			return true
-		}
+	if h, ok := identityHeaders.Variant(name); ok && (!p.trustedPeer || !header.Exact(name, h)) {
+		return true
 	}
-	for _, h := range framingHeaders {
-		// The framing itself is the servers' own; a "_" or "." variant
-		// could be folded into it by a CGI-style app.
-		if header.SameName(name, h) && !header.Exact(name, h) {
-			return true
-		}
+	// The framing itself is the servers' own; a "_" or "." variant could be
+	// folded into it by a CGI-style app.
+	if h, ok := framingHeaders.Variant(name); ok && !header.Exact(name, h) {
+		return true
 	}
 	return p.dropAuthorization && header.Exact(name, "Authorization")
 }

@@ -11,6 +11,7 @@ import (
 func TestPlanDrop(t *testing.T) {
 	rt := &route.Route{Header: "X-Pomerium-Jwt-Assertion", Target: &url.URL{Scheme: "http", Host: "app:80"}}
 	rules := &Rules{Assertion: []string{"X-Kmsgate-Jwt-Assertion", "X-Pomerium-Jwt-Assertion"}, Trusted: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
+	rules.Prepare()
 	values := func(h map[string][]string) func(string) []string { return func(n string) []string { return h[n] } }
 	conn := map[string][]string{"Connection": {"keep-alive, X-Secret", "close"}}
 	for _, c := range []struct {
