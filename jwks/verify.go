@@ -86,7 +86,23 @@ func VerifyWithSet(token string, set *jose.JSONWebKeySet, want Expect) (map[stri
 	if std.Expiry == nil {
 		return nil, errors.New("jwks: token has no exp")
 	}
+	// iss and aud first, saying what the token holds and what was wanted.
+	if want.Issuer != "" && std.Issuer != want.Issuer {
+		return nil, fmt.Errorf("jwks: claims: %w: iss is %q, want %q", jwt.ErrInvalidIssuer, std.Issuer, want.Issuer)
+	}
+	if want.Audience != "" && !std.Audience.Contains(want.Audience) {
+		return nil, fmt.Errorf("jwks: claims: %w: aud is %q, want %q among them", jwt.ErrInvalidAudience, []string(std.Audience), want.Audience)
+	}
 	if err := std.ValidateWithLeeway(exp, want.Leeway); err != nil {
+		at := exp.Time.UTC().Format(time.RFC3339)
+		switch {
+		case errors.Is(err, jwt.ErrExpired):
+			return nil, fmt.Errorf("jwks: claims: %w: exp %s, now %s, leeway %s", err, std.Expiry.Time().UTC().Format(time.RFC3339), at, want.Leeway)
+		case errors.Is(err, jwt.ErrNotValidYet) && std.NotBefore != nil:
+			return nil, fmt.Errorf("jwks: claims: %w: nbf %s, now %s, leeway %s", err, std.NotBefore.Time().UTC().Format(time.RFC3339), at, want.Leeway)
+		case errors.Is(err, jwt.ErrIssuedInTheFuture) && std.IssuedAt != nil:
+			return nil, fmt.Errorf("jwks: claims: %w: iat %s, now %s, leeway %s", err, std.IssuedAt.Time().UTC().Format(time.RFC3339), at, want.Leeway)
+		}
 		return nil, fmt.Errorf("jwks: claims: %w", err)
 	}
 	return all, nil

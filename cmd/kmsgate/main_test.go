@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,6 +41,17 @@ func TestMain(m *testing.M) {
 // stdout, stderr and the exit code.
 func run(t *testing.T, env []string, args ...string) (string, string, int) {
 	t.Helper()
+	return runWith(t, env, nil, args...)
+}
+
+// runIn is run with stdin.
+func runIn(t *testing.T, stdin string, args ...string) (string, string, int) {
+	t.Helper()
+	return runWith(t, nil, strings.NewReader(stdin), args...)
+}
+
+func runWith(t *testing.T, env []string, stdin io.Reader, args ...string) (string, string, int) {
+	t.Helper()
 	cmd := exec.Command(binary, args...)
 	for _, e := range os.Environ() {
 		if !strings.HasPrefix(e, "KMSGATE_") {
@@ -47,6 +59,7 @@ func run(t *testing.T, env []string, args ...string) (string, string, int) {
 		}
 	}
 	cmd.Env = append(cmd.Env, env...)
+	cmd.Stdin = stdin
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -100,8 +113,20 @@ func TestSignThenVerifyIndependently(t *testing.T) {
 	if out, errOut, code := run(t, nil, "verify", "--jwks", jwksFile, "--audience", "app", strings.TrimSpace(tok)); code != 0 || !strings.Contains(out, `"alice"`) {
 		t.Fatalf("verify: %d %s %s", code, out, errOut)
 	}
-	if _, errOut, code := run(t, nil, "verify", "--jwks", jwksFile, "--audience", "nope", strings.TrimSpace(tok)); code != 1 || !strings.Contains(errOut, "aud") {
+	if _, errOut, code := run(t, nil, "verify", "--jwks", jwksFile, "--audience", "nope", strings.TrimSpace(tok)); code != 1 || !strings.Contains(errOut, `aud is ["app"], want "nope"`) {
 		t.Fatalf("verify with wrong audience: %d %s", code, errOut)
+	}
+	if _, errOut, code := run(t, nil, "verify", "--jwks", jwksFile, "--issuer", "https://other.example", strings.TrimSpace(tok)); code != 1 || !strings.Contains(errOut, `iss is "https://gw.example", want "https://other.example"`) {
+		t.Fatalf("verify with wrong issuer: %d %s", code, errOut)
+	}
+	// The token from stdin: "-", or no argument with a pipe.
+	for _, args := range [][]string{{"verify", "--jwks", jwksFile, "-"}, {"verify", "--jwks", jwksFile}} {
+		if out, errOut, code := runIn(t, tok, args...); code != 0 || !strings.Contains(out, `"alice"`) {
+			t.Fatalf("%v with the token on stdin: %d %s %s", args, code, out, errOut)
+		}
+	}
+	if _, errOut, code := runIn(t, "\n", "verify", "--jwks", jwksFile); code != 2 || !strings.Contains(errOut, "no token on stdin") {
+		t.Fatalf("verify with nothing on stdin: %d %s", code, errOut)
 	}
 	// Reserved claims are refused.
 	if _, errOut, code := run(t, nil, "sign", "--key", uri, "--claims", `{"exp":1}`); code != 2 || !strings.Contains(errOut, `"exp"`) {

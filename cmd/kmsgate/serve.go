@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
@@ -123,12 +124,28 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 		return usagef("--refresh %s must be positive", sf.refresh)
 	}
 	var devToken string
+	var ln net.Listener // listened on early only by --dev without --issuer
+	defer func() {
+		if ln != nil {
+			_ = ln.Close() // Serve has not taken it; closing again is harmless
+		}
+	}()
 	if sf.dev {
 		if !cmd.Flags().Changed("listen") {
 			sf.listen = "127.0.0.1:8080"
 		}
 		if sf.issuer == "" {
-			sf.issuer = "http://" + sf.listen
+			// The issuer names the address actually listened on (":0"
+			// and ":8080" are no URLs a verifier can fetch).
+			var err error
+			if ln, err = net.Listen("tcp", sf.listen); err != nil {
+				return fmt.Errorf("listen: %w", err)
+			}
+			scheme := "http"
+			if sf.tlsCert != "" {
+				scheme = "https"
+			}
+			sf.issuer = scheme + "://" + reachable(ln.Addr())
 		}
 		var err error
 		if devToken, err = setupDev(sf, &sections); err != nil {
@@ -183,9 +200,10 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 		log.Warn("keys not loaded yet; retrying in the background", "err", err.Error())
 	}
 
-	ln, err := net.Listen("tcp", sf.listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+	if ln == nil {
+		if ln, err = net.Listen("tcp", sf.listen); err != nil {
+			return fmt.Errorf("listen: %w", err)
+		}
 	}
 	var adminLn net.Listener
 	if sf.adminListen != "" {
@@ -223,6 +241,20 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 	err = srv.Serve(ctx, ln, tlsCfg, sf.grace)
 	stop()
 	return errors.Join(err, <-adminDone)
+}
+
+// reachable returns host:port of a listening address as a client on this
+// machine reaches it: an unspecified address (":8080") is loopback.
+func reachable(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
+	}
+	ip := ta.IP
+	if ip == nil || ip.IsUnspecified() {
+		ip = net.IPv4(127, 0, 0, 1)
+	}
+	return net.JoinHostPort(ip.String(), strconv.Itoa(ta.Port))
 }
 
 // setupDev adds an in-memory key when no --key is given and a development

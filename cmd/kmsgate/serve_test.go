@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -8,12 +9,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"io"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -177,5 +180,60 @@ func TestServeTLSAndClientCertificates(t *testing.T) {
 	noCert := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.roots}}}
 	if s := post(noCert, `{"claims":{"sub":"batch","aud":"reports"}}`); s != 401 {
 		t.Fatalf("no certificate, no token: %d", s)
+	}
+}
+
+// TestServeDevIssuer: --dev without --issuer names the address it actually
+// listens on, so the printed curl and verify lines work with port 0 too.
+func TestServeDevIssuer(t *testing.T) {
+	cmd := exec.Command(binary, "serve", "--dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var jwksURL string
+	for jwksURL == "" {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("kmsgate serve --dev exited before printing its JWKS URL")
+			}
+			if f := strings.Fields(l); len(f) == 2 && f[0] == "JWKS:" {
+				jwksURL = f[1]
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("no JWKS URL printed within 30 s")
+		}
+	}
+	go func() {
+		for range lines {
+		}
+	}()
+	base := strings.TrimSuffix(jwksURL, "/.well-known/jwks.json")
+	if strings.HasSuffix(base, ":0") || !strings.HasPrefix(base, "http://127.0.0.1:") {
+		t.Fatalf("printed JWKS URL %q does not name the port listened on", jwksURL)
+	}
+	resp, err := http.Get(base + "/.well-known/openid-configuration")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&raw)
+	resp.Body.Close()
+	if raw["issuer"] != base || raw["jwks_uri"] != jwksURL {
+		t.Fatalf("discovery %v, want issuer %s", raw, base)
 	}
 }

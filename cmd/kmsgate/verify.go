@@ -21,12 +21,16 @@ func newVerifyCmd() *cobra.Command {
 		want     jwks.Expect
 	)
 	cmd := &cobra.Command{
-		Use:   "verify --jwks URL|FILE TOKEN",
-		Short: "Verify a token against a JWKS (URL or file) and print its claims",
-		Args:  exactArgs(1),
+		Use:   "verify --jwks URL|FILE [TOKEN|-]",
+		Short: "Verify a token against a JWKS (URL or file) and print its claims; the token is read from stdin when given as - or left out",
+		Args:  rangeArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if jwksFrom == "" {
 				return usagef("--jwks is required (a URL or a file)")
+			}
+			token, err := tokenArg(cmd, args)
+			if err != nil {
+				return err
 			}
 			data, err := readJWKS(cmd.Context(), jwksFrom)
 			if err != nil {
@@ -36,7 +40,7 @@ func newVerifyCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", jwksFrom, err)
 			}
-			claims, err := jwks.VerifyWithSet(strings.TrimSpace(args[0]), set, want)
+			claims, err := jwks.VerifyWithSet(token, set, want)
 			if err != nil {
 				return err
 			}
@@ -50,6 +54,29 @@ func newVerifyCmd() *cobra.Command {
 	cmd.Flags().StringVar(&want.Audience, "audience", "", "required aud (empty: any)")
 	cmd.Flags().DurationVar(&want.Leeway, "leeway", 30*time.Second, "allowed clock skew")
 	return cmd
+}
+
+// tokenArg returns the token: the argument, or standard input when the
+// argument is "-" or absent (then stdin must not be a terminal).
+func tokenArg(cmd *cobra.Command, args []string) (string, error) {
+	if len(args) == 1 && args[0] != "-" {
+		return strings.TrimSpace(args[0]), nil
+	}
+	in := cmd.InOrStdin()
+	if f, ok := in.(*os.File); ok && len(args) == 0 {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			return "", usagef("no token: give it as an argument, or pipe it in (kmsgate sign … | kmsgate verify --jwks …)")
+		}
+	}
+	b, err := io.ReadAll(io.LimitReader(in, 1<<20))
+	if err != nil {
+		return "", fmt.Errorf("read the token from stdin: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", usagef("no token on stdin")
+	}
+	return tok, nil
 }
 
 // readJWKS reads a key set from a URL (10 s timeout, 1 MiB at most) or a file.

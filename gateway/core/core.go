@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -125,10 +126,10 @@ func New(ctx context.Context, cfg Config, kr *jwks.Keyring, m *metrics.Metrics) 
 	if cfg.Issuer == "" {
 		return nil, errors.New("no issuer (--issuer): it is the iss of every token and the base of the jwks_uri")
 	}
-	if !strings.HasPrefix(cfg.Issuer, "https://") && !strings.HasPrefix(cfg.Issuer, "http://") {
-		return nil, fmt.Errorf("issuer %q must be an http:// or https:// URL", cfg.Issuer)
+	issuerPath, err := checkIssuer(cfg.Issuer)
+	if err != nil {
+		return nil, err
 	}
-	cfg.Issuer = strings.TrimRight(cfg.Issuer, "/")
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -166,7 +167,14 @@ func New(ctx context.Context, cfg Config, kr *jwks.Keyring, m *metrics.Metrics) 
 		endpoints:    map[string]endpoint{},
 	}
 	c.discovery, c.discoveryTag = discoveryDocument(cfg.Issuer)
-	for _, p := range append([]string{DefaultJWKSPath}, cfg.JWKSPaths...) {
+	jwksPaths := append([]string{DefaultJWKSPath}, cfg.JWKSPaths...)
+	if issuerPath != "" {
+		// An issuer with a path serves its documents where it advertises
+		// them, as Keycloak realms and Auth0 tenants do, and at the root.
+		jwksPaths = append(jwksPaths, issuerPath+DefaultJWKSPath)
+		c.endpoints[issuerPath+DiscoveryPath] = endpoint{label: DiscoveryPath, serve: (*Core).serveDiscovery, methods: documentMethods}
+	}
+	for _, p := range jwksPaths {
 		if n, err := route.Normalize(p, false); err != nil || n != p {
 			return nil, fmt.Errorf("--jwks-path %q must be a normalized absolute path", p)
 		}
@@ -188,6 +196,23 @@ func New(ctx context.Context, cfg Config, kr *jwks.Keyring, m *metrics.Metrics) 
 		return nil, err
 	}
 	return c, nil
+}
+
+// checkIssuer checks the issuer, which is used exactly as written (a final
+// slash included: verifiers compare it byte for byte), and returns its
+// path without a final slash ("" for an issuer at the root).
+func checkIssuer(iss string) (string, error) {
+	u, err := url.Parse(iss)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || strings.HasSuffix(iss, "?") || strings.HasSuffix(iss, "#") {
+		return "", fmt.Errorf("issuer %q must be an http:// or https:// URL without query or fragment", iss)
+	}
+	p := strings.TrimSuffix(u.EscapedPath(), "/")
+	if p != "" {
+		if n, err := route.Normalize(p, false); err != nil || n != p {
+			return "", fmt.Errorf("issuer %q: its path must be normalized (no empty, \".\" or \"..\" segments)", iss)
+		}
+	}
+	return p, nil
 }
 
 // Metrics returns the core's metrics.

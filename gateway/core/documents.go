@@ -15,7 +15,7 @@ import (
 func discoveryDocument(issuer string) ([]byte, string) {
 	b, _ := json.Marshal(map[string]any{
 		"issuer":                                issuer,
-		"jwks_uri":                              issuer + DefaultJWKSPath,
+		"jwks_uri":                              strings.TrimSuffix(issuer, "/") + DefaultJWKSPath,
 		"id_token_signing_alg_values_supported": []string{"ES256"},
 		"response_types_supported":              []string{"id_token"},
 		"subject_types_supported":               []string{"public"},
