@@ -252,8 +252,8 @@ func TestSignAPI(t *testing.T) {
 		t.Fatalf("claims %v", claims)
 	}
 	iat, exp := claims["iat"], claims["exp"]
-	if d := exp.(time.Time).Sub(iat.(time.Time)); d != 10*time.Minute {
-		t.Fatalf("lifetime %s", d)
+	if d := exp.(time.Time).Sub(iat.(time.Time)); d != 10*time.Minute+jwks.ClockSkew {
+		t.Fatalf("lifetime %s, want the ttl from the moment of signing plus the %s iat is set before it", d, jwks.ClockSkew)
 	}
 	if out["kid"] != e.kr.State().Plan.Keys[0].KID {
 		t.Fatalf("kid %v", out["kid"])

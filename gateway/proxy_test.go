@@ -25,7 +25,10 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/lestrrat-go/jwx/v2/jwk"
+	jwxjwt "github.com/lestrrat-go/jwx/v2/jwt"
 
+	"github.com/kmsgate/kmsgate/backends"
 	"github.com/kmsgate/kmsgate/backends/backendtest"
 	"github.com/kmsgate/kmsgate/gateway"
 	"github.com/kmsgate/kmsgate/jwks"
@@ -620,5 +623,92 @@ func TestOIDCIssuerHangs(t *testing.T) {
 			t.Fatalf("after the issuer came back: still %d", resp.StatusCode)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestAssertionFollowsRotation: after a key swap and the old version's
+// disabling, the very next request of a user seen before carries an
+// assertion signed with the new kid (not the cached one), and the re-mint
+// is counted.
+func TestAssertionFollowsRotation(t *testing.T) {
+	up := newUpstream(t, nil)
+	e := newProxyEnv(t, gateway.ProxyConfig{Upstream: up.URL, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32")})
+	get := func() map[string]any {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+e.addr+"/", nil)
+		req.Header.Set("X-Forwarded-User", "alice")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return assertionOf(t, e, up.last(t), gateway.DefaultAssertionHeader)
+	}
+	kidOf := func(r *http.Request) string {
+		tok := r.Header.Get(gateway.DefaultAssertionHeader)
+		h, _ := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[0])
+		var hdr struct{ Kid string }
+		_ = json.Unmarshal(h, &hdr)
+		return hdr.Kid
+	}
+	get()
+	old := kidOf(up.last(t))
+	get()
+	if kidOf(up.last(t)) != old || e.fake.Signs.Load() != 1 {
+		t.Fatalf("the second request was not served from the cache (%d signatures)", e.fake.Signs.Load())
+	}
+	// Swap: a new version old enough to sign at once, and the old one
+	// disabled in an emergency.
+	e.fake.Add("v2", time.Now().Add(-12*time.Hour))
+	e.fake.SetState("v1", backends.StateDisabled)
+	if err := e.kr.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	get()
+	if got := kidOf(up.last(t)); got == old || got != e.kr.ActiveKID() {
+		t.Fatalf("after the swap the assertion has kid %s, want the new active %s", got, e.kr.ActiveKID())
+	}
+	if n := e.fake.Signs.Load(); n != 2 {
+		t.Fatalf("%d signatures, want 2", n)
+	}
+	get() // and is cached again
+	if n := e.fake.Signs.Load(); n != 2 {
+		t.Fatalf("%d signatures after the re-mint, want 2", n)
+	}
+	if m := scrape(t, e); !strings.Contains(m, "kmsgate_assertion_rotation_remints_total 1") {
+		t.Errorf("rotation re-mint not counted")
+	}
+}
+
+// TestAssertionsForClocksBehind: a verifier with zero leeway whose clock is
+// 1 s behind accepts 100 of 100 fresh assertions (iat and nbf are set
+// jwks.ClockSkew before the moment of signing).
+func TestAssertionsForClocksBehind(t *testing.T) {
+	up := newUpstream(t, nil)
+	e := newProxyEnv(t, gateway.ProxyConfig{Upstream: up.URL, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32")})
+	set, err := jwk.Parse(e.kr.State().Document.JSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	behind := jwxjwt.ClockFunc(func() time.Time { return time.Now().Add(-time.Second) })
+	accepted := 0
+	for i := 0; i < 100; i++ {
+		req, _ := http.NewRequest("GET", "http://"+e.addr+"/", nil)
+		req.Header.Set("X-Forwarded-User", fmt.Sprintf("user-%d", i)) // a fresh assertion each
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		tok := up.last(t).Header.Get(gateway.DefaultAssertionHeader)
+		if _, err := jwxjwt.Parse([]byte(tok), jwxjwt.WithKeySet(set), jwxjwt.WithValidate(true), jwxjwt.WithClock(behind), jwxjwt.WithAcceptableSkew(0),
+			jwxjwt.WithIssuer(issuer)); err != nil {
+			t.Errorf("assertion %d refused by a verifier 1 s behind: %v", i, err)
+			continue
+		}
+		accepted++
+	}
+	if accepted != 100 {
+		t.Fatalf("%d of 100 accepted", accepted)
 	}
 }

@@ -8,12 +8,18 @@ import (
 	"time"
 )
 
+// ClockSkew is how far before the moment of signing iat and nbf are set,
+// so that a verifier whose clock is up to that much behind accepts a fresh
+// token even with zero leeway (apps verify within milliseconds of issue).
+// exp stays the moment of signing plus the lifetime.
+const ClockSkew = 5 * time.Second
+
 // Reserved are the claims the gateway always sets itself; a caller that
 // tries to set one is refused.
 var Reserved = []string{"iss", "iat", "nbf", "exp", "jti"}
 
-// NewClaims returns the caller's claims with iss, iat, nbf, exp (now + ttl)
-// and a fresh random jti added. It refuses claims that set a reserved name
+// NewClaims returns the caller's claims with iss, iat and nbf (now less
+// ClockSkew), exp (now + ttl) and a fresh random jti added. It refuses claims that set a reserved name
 // and a ttl that is not positive.
 func NewClaims(issuer string, now time.Time, ttl time.Duration, claims map[string]any) (map[string]any, error) {
 	for _, r := range Reserved {
@@ -33,8 +39,8 @@ func NewClaims(issuer string, now time.Time, ttl time.Duration, claims map[strin
 	if issuer != "" {
 		out["iss"] = issuer
 	}
-	out["iat"] = now.Unix()
-	out["nbf"] = now.Unix()
+	out["iat"] = now.Add(-ClockSkew).Unix()
+	out["nbf"] = now.Add(-ClockSkew).Unix()
 	out["exp"] = now.Add(ttl).Unix()
 	out["jti"] = base64.RawURLEncoding.EncodeToString(id[:])
 	return out, nil

@@ -134,6 +134,15 @@ func (k *Keyring) State() *State {
 	return st
 }
 
+// ActiveKID returns the kid of the version that signs now, or "" when
+// none can.
+func (k *Keyring) ActiveKID() string {
+	if key, ok := k.State().Plan.ActiveKey(); ok {
+		return key.KID
+	}
+	return ""
+}
+
 // Refresh lists the versions of every URI, concurrently. A URI that fails
 // keeps its last good versions; the errors are returned joined. The plan and
 // document are rebuilt from what is known.

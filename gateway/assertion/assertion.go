@@ -20,8 +20,11 @@ import (
 const assertionReuse = 0.8
 
 // Minter signs identity assertions and caches them per identity and
-// audience, bounded and least recently used out first. Concurrent misses for
-// the same key are collapsed into one backend signature.
+// audience, bounded and least recently used out first. A cached assertion
+// is reused only while its kid is the active one, so a rotation (or a
+// version disabled in an emergency) takes effect on the next request.
+// Concurrent misses for the same key are collapsed into one backend
+// signature.
 type Minter struct {
 	keys    *jwks.Keyring
 	issuer  string
@@ -33,7 +36,7 @@ type Minter struct {
 }
 
 type assertion struct {
-	token      string
+	token, kid string
 	reuseUntil time.Time
 }
 
@@ -58,9 +61,13 @@ func New(kr *jwks.Keyring, issuer string, ttl time.Duration, size int, m *metric
 // timeout.
 func (m *Minter) Mint(ctx context.Context, timeout time.Duration, id identity.Identity, audience string) (string, error) {
 	key := id.Key(audience)
+	active := m.keys.ActiveKID()
 	if a, ok := m.cache.Get(key); ok && m.now().Before(a.reuseUntil) {
-		m.metrics.AssertionCache(true)
-		return a.token, nil
+		if a.kid == active {
+			m.metrics.AssertionCache(true)
+			return a.token, nil
+		}
+		m.metrics.AssertionRotated()
 	}
 	m.metrics.AssertionCache(false)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -68,7 +75,7 @@ func (m *Minter) Mint(ctx context.Context, timeout time.Duration, id identity.Id
 	// The shared call must not be cancelled by the first caller leaving;
 	// it is bounded by that caller's deadline instead.
 	v, err, _ := m.flight.Do(key, func() (any, error) {
-		if a, ok := m.cache.Get(key); ok && m.now().Before(a.reuseUntil) {
+		if a, ok := m.cache.Get(key); ok && m.now().Before(a.reuseUntil) && a.kid == active {
 			return a.token, nil
 		}
 		sctx := context.WithoutCancel(ctx)
@@ -88,11 +95,11 @@ func (m *Minter) Mint(ctx context.Context, timeout time.Duration, id identity.Id
 		if err != nil {
 			return nil, err
 		}
-		tok, _, err := m.keys.SignJWT(sctx, claims)
+		tok, kid, err := m.keys.SignJWT(sctx, claims)
 		if err != nil {
 			return nil, err
 		}
-		m.cache.Add(key, assertion{token: tok, reuseUntil: now.Add(time.Duration(float64(m.ttl) * assertionReuse))})
+		m.cache.Add(key, assertion{token: tok, kid: kid, reuseUntil: now.Add(time.Duration(float64(m.ttl) * assertionReuse))})
 		return tok, nil
 	})
 	if err != nil {

@@ -20,15 +20,16 @@ import (
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	requests        *prometheus.CounterVec
-	duration        *prometheus.HistogramVec
-	sign            *prometheus.HistogramVec
-	backendErrors   *prometheus.CounterVec
-	refreshes       *prometheus.CounterVec
-	jwksRequests    prometheus.Counter
-	jwksNotModified prometheus.Counter
-	assertionHits   prometheus.Counter
-	assertionMisses prometheus.Counter
+	requests         *prometheus.CounterVec
+	duration         *prometheus.HistogramVec
+	sign             *prometheus.HistogramVec
+	backendErrors    *prometheus.CounterVec
+	refreshes        *prometheus.CounterVec
+	jwksRequests     prometheus.Counter
+	jwksNotModified  prometheus.Counter
+	assertionHits    prometheus.Counter
+	assertionMisses  prometheus.Counter
+	assertionRotated prometheus.Counter
 
 	routes sync.Map // routeKey -> routeMetrics, so hot paths skip the label lookups
 }
@@ -67,6 +68,10 @@ func (m *Metrics) AssertionCache(hit bool) {
 		m.assertionMisses.Inc()
 	}
 }
+
+// AssertionRotated counts a cached assertion not reused because its kid is
+// no longer the active one (a rotation or a disabled version).
+func (m *Metrics) AssertionRotated() { m.assertionRotated.Inc() }
 
 // WatchKeys exports the keyring's published versions and readiness at
 // scrape time (kmsgate_key_info, kmsgate_keys_ready).
@@ -118,11 +123,14 @@ func New() *Metrics {
 		assertionHits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kmsgate_assertion_cache_hits_total", Help: "Identity assertions served from the cache.",
 		}),
+		assertionRotated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kmsgate_assertion_rotation_remints_total", Help: "Cached identity assertions signed anew because their kid was no longer the active one.",
+		}),
 		assertionMisses: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kmsgate_assertion_cache_misses_total", Help: "Identity assertions not in the cache (signed, or waiting for a concurrent signature).",
 		}),
 	}
-	m.Registry.MustRegister(m.assertionHits, m.assertionMisses, m.requests, m.duration, m.sign, m.backendErrors, m.refreshes, m.jwksRequests, m.jwksNotModified,
+	m.Registry.MustRegister(m.assertionHits, m.assertionMisses, m.assertionRotated, m.requests, m.duration, m.sign, m.backendErrors, m.refreshes, m.jwksRequests, m.jwksNotModified,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
