@@ -16,7 +16,9 @@ require (
 	github.com/hashicorp/vault/api v1.23.0
 	github.com/hashicorp/vault/api/auth/approle v0.12.0
 	github.com/hashicorp/vault/api/auth/kubernetes v0.12.0
-	github.com/labstack/echo/v4 v4.16.0
+	github.com/kmsgate/kmsgate/jwks/verify v0.0.0
+	github.com/kmsgate/kmsgate/jwks/verify/echoverify v0.0.0
+	github.com/labstack/echo/v4 v4.16.5
 	github.com/lestrrat-go/jwx/v2 v2.1.7
 	github.com/prometheus/client_golang v1.25.0
 	github.com/spf13/cobra v1.10.2
@@ -104,4 +106,11 @@ require (
 	google.golang.org/genproto v0.0.0-20261012220534-4341edf3f941 // indirect
 	google.golang.org/genproto/googleapis/api v0.0.0-20261012220534-4341edf3f941 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20261012220534-4341edf3f941 // indirect
+)
+
+// The app-side verifier is a module of its own (with its echo adapter in
+// another), developed here.
+replace (
+	github.com/kmsgate/kmsgate/jwks/verify => ./jwks/verify
+	github.com/kmsgate/kmsgate/jwks/verify/echoverify => ./jwks/verify/echoverify
 )

@@ -32,6 +32,7 @@ import (
 	"github.com/kmsgate/kmsgate/backends/backendtest"
 	"github.com/kmsgate/kmsgate/gateway"
 	"github.com/kmsgate/kmsgate/jwks"
+	"github.com/kmsgate/kmsgate/jwks/verify"
 )
 
 // upstream records what reached the app behind the gateway.
@@ -145,8 +146,8 @@ func assertionOf(t *testing.T, e *proxyEnv, r *http.Request, header string) map[
 		t.Fatalf("upstream got %d assertion values %q, want exactly 1", len(values), values)
 	}
 	claims := backendtest.VerifyIndependently(t, values[0], e.kr.State().Document.JSON)
-	set, _ := jwks.ParseSet(e.kr.State().Document.JSON)
-	if _, err := jwks.VerifyWithSet(values[0], set, jwks.Expect{Issuer: issuer, Audience: claims["aud"].([]string)[0]}); err != nil {
+	set, _ := verify.ParseSet(e.kr.State().Document.JSON)
+	if _, err := verify.VerifyWithSet(values[0], set, verify.Expect{Issuer: issuer, Audience: claims["aud"].([]string)[0]}); err != nil {
 		t.Fatal(err)
 	}
 	return claims

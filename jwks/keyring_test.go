@@ -18,6 +18,7 @@ import (
 	"github.com/kmsgate/kmsgate/backends/backendtest"
 	"github.com/kmsgate/kmsgate/backends/pem"
 	"github.com/kmsgate/kmsgate/jwks"
+	"github.com/kmsgate/kmsgate/jwks/verify"
 )
 
 func header(t *testing.T, token string) jose.Header {
@@ -75,18 +76,18 @@ func TestSignJWTVerifiesIndependently(t *testing.T) {
 		t.Fatalf("go-jose: %v %+v", err, std)
 	}
 	// And kmsgate's own verifier.
-	set, err := jwks.ParseSet(kr.State().Document.JSON)
+	set, err := verify.ParseSet(kr.State().Document.JSON)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := jwks.VerifyWithSet(tok, set, jwks.Expect{Issuer: "https://issuer.example", Audience: "app"}); err != nil {
+	if _, err := verify.VerifyWithSet(tok, set, verify.Expect{Issuer: "https://issuer.example", Audience: "app"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := jwks.VerifyWithSet(tok, set, jwks.Expect{Audience: "other"}); err == nil {
+	if _, err := verify.VerifyWithSet(tok, set, verify.Expect{Audience: "other"}); err == nil {
 		t.Fatal("wrong audience accepted")
 	}
 	tampered := tok[:len(tok)-4] + "AAAA"
-	if _, err := jwks.VerifyWithSet(tampered, set, jwks.Expect{}); err == nil {
+	if _, err := verify.VerifyWithSet(tampered, set, verify.Expect{}); err == nil {
 		t.Fatal("tampered signature accepted")
 	}
 }

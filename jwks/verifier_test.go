@@ -35,6 +35,8 @@ import (
 	"github.com/kmsgate/kmsgate/backends/backendtest"
 	_ "github.com/kmsgate/kmsgate/backends/pem" // file:// keys
 	"github.com/kmsgate/kmsgate/jwks"
+	"github.com/kmsgate/kmsgate/jwks/verify"
+	"github.com/kmsgate/kmsgate/jwks/verify/echoverify"
 )
 
 const (
@@ -227,10 +229,10 @@ func (is *issuer) forge(alg jose.SignatureAlgorithm, key any, headers map[jose.H
 // newVerifier makes a verifier of the issuer's JWKS URL with debug logs
 // captured; at the end of the test it is closed and the logs are checked to
 // hold none of the test's tokens.
-func newVerifier(t *testing.T, is *issuer, change func(*jwks.VerifierConfig)) (*jwks.Verifier, *backendtest.SyncBuffer) {
+func newVerifier(t *testing.T, is *issuer, change func(*verify.VerifierConfig)) (*verify.Verifier, *backendtest.SyncBuffer) {
 	t.Helper()
 	logs := &backendtest.SyncBuffer{}
-	cfg := jwks.VerifierConfig{
+	cfg := verify.VerifierConfig{
 		JWKSURL:  is.url(),
 		Issuer:   testIssuer,
 		Audience: testAudience,
@@ -239,7 +241,7 @@ func newVerifier(t *testing.T, is *issuer, change func(*jwks.VerifierConfig)) (*
 	if change != nil {
 		change(&cfg)
 	}
-	v, err := jwks.NewVerifier(context.Background(), cfg)
+	v, err := verify.NewVerifier(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,10 +265,10 @@ func newVerifier(t *testing.T, is *issuer, change func(*jwks.VerifierConfig)) (*
 
 // app is an upstream app behind the middleware that answers the claims it
 // got from the context as JSON.
-func app(t *testing.T, v *jwks.Verifier) *httptest.Server {
+func app(t *testing.T, v *verify.Verifier) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewServer(v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, ok := jwks.ClaimsFromContext(r.Context())
+		c, ok := verify.ClaimsFromContext(r.Context())
 		if !ok {
 			http.Error(w, "no claims in the context", http.StatusInternalServerError)
 			return
@@ -281,7 +283,7 @@ func app(t *testing.T, v *jwks.Verifier) *httptest.Server {
 type answer struct {
 	status int
 	body   string
-	claims jwks.Claims
+	claims verify.Claims
 	err    struct{ Error, Code string }
 }
 
@@ -342,7 +344,7 @@ func TestVerifierAcceptsGatewayAssertion(t *testing.T) {
 	srv := app(t, v)
 
 	tok := is.sign(claims(nil))
-	a := call(t, srv, jwks.DefaultHeader, tok)
+	a := call(t, srv, verify.DefaultHeader, tok)
 	if a.status != http.StatusOK {
 		t.Fatalf("status %d: %s", a.status, a.body)
 	}
@@ -375,7 +377,7 @@ func TestVerifierAcceptsGatewayAssertion(t *testing.T) {
 	}
 	backendtest.VerifyIndependently(t, multi, is.kr.State().Document.JSON)
 
-	if _, ok := jwks.ClaimsFromContext(context.Background()); ok {
+	if _, ok := verify.ClaimsFromContext(context.Background()); ok {
 		t.Fatal("claims in a bare context")
 	}
 	if hits := is.hits.Load(); hits != 1 {
@@ -385,13 +387,13 @@ func TestVerifierAcceptsGatewayAssertion(t *testing.T) {
 
 func TestVerifierCustomHeader(t *testing.T) {
 	is := newIssuer(t, newKey(t))
-	v, _ := newVerifier(t, is, func(c *jwks.VerifierConfig) { c.Header = "X-Pomerium-Jwt-Assertion" })
+	v, _ := newVerifier(t, is, func(c *verify.VerifierConfig) { c.Header = "X-Pomerium-Jwt-Assertion" })
 	srv := app(t, v)
 	tok := is.sign(claims(nil))
 	if a := call(t, srv, "x-pomerium-jwt-assertion", tok); a.status != http.StatusOK {
 		t.Fatalf("status %d: %s", a.status, a.body)
 	}
-	a := call(t, srv, jwks.DefaultHeader, tok)
+	a := call(t, srv, verify.DefaultHeader, tok)
 	if a.status != http.StatusUnauthorized || a.err.Code != "missing_assertion" || !strings.Contains(a.err.Error, "X-Pomerium-Jwt-Assertion") {
 		t.Fatalf("token in the default header: %d %s", a.status, a.body)
 	}
@@ -414,7 +416,7 @@ func TestVerifierHeaderCount(t *testing.T) {
 		{"two joined", []string{tok + "," + tok}, "invalid_assertion"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a := call(t, srv, jwks.DefaultHeader, tc.values...)
+			a := call(t, srv, verify.DefaultHeader, tc.values...)
 			if a.status != http.StatusUnauthorized || a.err.Code != tc.code {
 				t.Fatalf("got %d %s, want 401 %s", a.status, a.body, tc.code)
 			}
@@ -451,7 +453,7 @@ func TestVerifierClaimRules(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			tok := is.sign(claims(tc.changes))
 			_, err := v.Verify(context.Background(), tok)
-			a := call(t, srv, jwks.DefaultHeader, tok)
+			a := call(t, srv, verify.DefaultHeader, tok)
 			if tc.is == nil && tc.text == "" {
 				if err != nil || a.status != http.StatusOK {
 					t.Fatalf("refused: %v; middleware %d %s", err, a.status, a.body)
@@ -512,7 +514,7 @@ func TestVerifierRefusesOtherAlgorithmsAndKeys(t *testing.T) {
 			if _, err := v.Verify(context.Background(), tok); err == nil {
 				t.Fatal("accepted")
 			}
-			if a := call(t, srv, jwks.DefaultHeader, tok); a.status != http.StatusUnauthorized || a.err.Code != "invalid_assertion" {
+			if a := call(t, srv, verify.DefaultHeader, tok); a.status != http.StatusUnauthorized || a.err.Code != "invalid_assertion" {
 				t.Fatalf("middleware: %d %s", a.status, a.body)
 			}
 		})
@@ -549,7 +551,7 @@ func concurrently(t *testing.T, srv *httptest.Server, n int, tok string) map[int
 		go func() {
 			defer wg.Done()
 			<-start
-			a := call(t, srv, jwks.DefaultHeader, tok)
+			a := call(t, srv, verify.DefaultHeader, tok)
 			mu.Lock()
 			statuses[a.status]++
 			mu.Unlock()
@@ -564,7 +566,7 @@ func TestVerifierUnknownKIDRefreshesOnce(t *testing.T) {
 	k1, k2, k3, k4 := newKey(t), newKey(t), newKey(t), newKey(t)
 	is := newIssuer(t, k1)
 	// Long bounds: every refresh in this test is caused by an unknown kid.
-	v, _ := newVerifier(t, is, func(c *jwks.VerifierConfig) { c.MinRefresh, c.MaxRefresh = time.Hour, time.Hour })
+	v, _ := newVerifier(t, is, func(c *verify.VerifierConfig) { c.MinRefresh, c.MaxRefresh = time.Hour, time.Hour })
 	srv := app(t, v)
 	if n := is.hits.Load(); n != 1 {
 		t.Fatalf("%d hits after construction", n)
@@ -597,12 +599,12 @@ func TestVerifierUnknownKIDRefreshesOnce(t *testing.T) {
 		t.Fatalf("%d JWKS requests, want still 2: unknown kids may refresh once per 30 s", n)
 	}
 	_, err := v.Verify(context.Background(), k3tok)
-	if !errors.Is(err, jwks.ErrUnknownKID) {
+	if !errors.Is(err, verify.ErrUnknownKID) {
 		t.Fatalf("unknown kid: %v", err)
 	}
 	// The limit holds for a genuinely new key too, until the set is due.
 	is.rotate(k4, k2, k1)
-	if _, err := v.Verify(context.Background(), is.sign(claims(nil))); !errors.Is(err, jwks.ErrUnknownKID) {
+	if _, err := v.Verify(context.Background(), is.sign(claims(nil))); !errors.Is(err, verify.ErrUnknownKID) {
 		t.Fatalf("new key within the unknown-kid interval: %v", err)
 	}
 	if n := is.hits.Load(); n != 2 {
@@ -613,27 +615,27 @@ func TestVerifierUnknownKIDRefreshesOnce(t *testing.T) {
 func TestVerifierUnknownKIDInterval(t *testing.T) {
 	k1, k2 := newKey(t), newKey(t)
 	is := newIssuer(t, k1)
-	v, _ := newVerifier(t, is, func(c *jwks.VerifierConfig) {
+	v, _ := newVerifier(t, is, func(c *verify.VerifierConfig) {
 		c.MinRefresh, c.MaxRefresh = time.Hour, time.Hour
 		c.UnknownKIDInterval = 300 * time.Millisecond
 	})
 	tok := is.forge(jose.ES256, k2, map[jose.HeaderKey]any{"kid": kidOf(t, k2)}, claims(nil))
 	ctx := context.Background()
-	if _, err := v.Verify(ctx, tok); !errors.Is(err, jwks.ErrUnknownKID) {
+	if _, err := v.Verify(ctx, tok); !errors.Is(err, verify.ErrUnknownKID) {
 		t.Fatal(err)
 	}
 	start := time.Now()
 	if n := is.hits.Load(); n != 2 {
 		t.Fatalf("%d hits, want 2", n)
 	}
-	if _, err := v.Verify(ctx, tok); !errors.Is(err, jwks.ErrUnknownKID) {
+	if _, err := v.Verify(ctx, tok); !errors.Is(err, verify.ErrUnknownKID) {
 		t.Fatal(err)
 	}
 	if n := is.hits.Load(); n != 2 && time.Since(start) < 300*time.Millisecond {
 		t.Fatalf("%d hits within the interval, want 2", n)
 	}
 	time.Sleep(350 * time.Millisecond)
-	if _, err := v.Verify(ctx, tok); !errors.Is(err, jwks.ErrUnknownKID) {
+	if _, err := v.Verify(ctx, tok); !errors.Is(err, verify.ErrUnknownKID) {
 		t.Fatal(err)
 	}
 	if n := is.hits.Load(); n != 3 {
@@ -644,13 +646,13 @@ func TestVerifierUnknownKIDInterval(t *testing.T) {
 func TestVerifierRotation(t *testing.T) {
 	k1, k2 := newKey(t), newKey(t)
 	is := newIssuer(t, k1)
-	v, _ := newVerifier(t, is, func(c *jwks.VerifierConfig) {
+	v, _ := newVerifier(t, is, func(c *verify.VerifierConfig) {
 		c.MinRefresh, c.MaxRefresh = 50*time.Millisecond, 200*time.Millisecond
 	})
 	srv := app(t, v)
 	ok := func(tok string) {
 		t.Helper()
-		if a := call(t, srv, jwks.DefaultHeader, tok); a.status != http.StatusOK {
+		if a := call(t, srv, verify.DefaultHeader, tok); a.status != http.StatusOK {
 			t.Fatalf("status %d: %s", a.status, a.body)
 		}
 		backendtest.VerifyIndependently(t, tok, is.kr.State().Document.JSON)
@@ -670,7 +672,7 @@ func TestVerifierRotation(t *testing.T) {
 	// without a restart, and k2 keeps working.
 	waitFor(t, 5*time.Second, "a token of the removed key is refused", func() bool {
 		_, err := v.Verify(context.Background(), tok1)
-		return errors.Is(err, jwks.ErrUnknownKID)
+		return errors.Is(err, verify.ErrUnknownKID)
 	})
 	ok(tok2)
 }
@@ -700,7 +702,7 @@ func TestVerifierCacheControl(t *testing.T) {
 				is.age.Store(&tc.age)
 			}
 			start := time.Now()
-			newVerifier(t, is, func(c *jwks.VerifierConfig) { c.MinRefresh, c.MaxRefresh = tc.min, tc.max })
+			newVerifier(t, is, func(c *verify.VerifierConfig) { c.MinRefresh, c.MaxRefresh = tc.min, tc.max })
 			// Timers never fire early, so this lower bound is exact.
 			time.Sleep(tc.quiet)
 			if n := is.hits.Load(); n != 1 {
@@ -722,7 +724,7 @@ func TestVerifierNotModified(t *testing.T) {
 	k1, k2 := newKey(t), newKey(t)
 	is := newIssuer(t, k1)
 	is.setCacheControl("public, max-age=0")
-	v, _ := newVerifier(t, is, func(c *jwks.VerifierConfig) {
+	v, _ := newVerifier(t, is, func(c *verify.VerifierConfig) {
 		c.MinRefresh, c.MaxRefresh = 50*time.Millisecond, time.Hour
 		c.UnknownKIDInterval = time.Hour // only the background refresh may fetch
 	})
@@ -755,7 +757,7 @@ func TestVerifierKeepsLastGoodSet(t *testing.T) {
 	k1, k2 := newKey(t), newKey(t)
 	is := newIssuer(t, k1)
 	is.setCacheControl("public, max-age=0")
-	v, logs := newVerifier(t, is, func(c *jwks.VerifierConfig) {
+	v, logs := newVerifier(t, is, func(c *verify.VerifierConfig) {
 		c.MinRefresh, c.MaxRefresh = 50*time.Millisecond, 50*time.Millisecond
 		c.UnknownKIDInterval = 50 * time.Millisecond
 	})
@@ -768,7 +770,7 @@ func TestVerifierKeepsLastGoodSet(t *testing.T) {
 	}
 	// An unknown kid's refresh fails too: refused, and the old set stays.
 	is.rotate(k2, k1)
-	if _, err := v.Verify(context.Background(), is.sign(claims(nil))); !errors.Is(err, jwks.ErrUnknownKID) {
+	if _, err := v.Verify(context.Background(), is.sign(claims(nil))); !errors.Is(err, verify.ErrUnknownKID) {
 		t.Fatalf("kid of a set that could not be fetched: %v", err)
 	}
 	if _, err := v.Verify(context.Background(), tok1); err != nil {
@@ -799,7 +801,7 @@ func TestVerifierIgnoresKeyURLsInToken(t *testing.T) {
 
 	// A good token with jku/x5u is verified against the configured set.
 	good := is.forge(jose.ES256, k1, headers(kidOf(t, k1)), claims(nil))
-	if a := call(t, srv, jwks.DefaultHeader, good); a.status != http.StatusOK {
+	if a := call(t, srv, verify.DefaultHeader, good); a.status != http.StatusOK {
 		t.Fatalf("status %d: %s", a.status, a.body)
 	}
 	// The attacker's token names the attacker's set: refused.
@@ -807,7 +809,7 @@ func TestVerifierIgnoresKeyURLsInToken(t *testing.T) {
 	is.mu.Lock()
 	is.tokens = append(is.tokens, bad)
 	is.mu.Unlock()
-	if a := call(t, srv, jwks.DefaultHeader, bad); a.status != http.StatusUnauthorized {
+	if a := call(t, srv, verify.DefaultHeader, bad); a.status != http.StatusUnauthorized {
 		t.Fatalf("attacker's token: %d %s", a.status, a.body)
 	}
 	// An embedded jwk is not trusted either.
@@ -821,7 +823,7 @@ func TestVerifierIgnoresKeyURLsInToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	is.remember(etok)
-	if a := call(t, srv, jwks.DefaultHeader, etok); a.status != http.StatusUnauthorized {
+	if a := call(t, srv, verify.DefaultHeader, etok); a.status != http.StatusUnauthorized {
 		t.Fatalf("token with an embedded jwk: %d %s", a.status, a.body)
 	}
 	if n := other.hits.Load(); n != 0 {
@@ -837,9 +839,9 @@ func TestVerifierEcho(t *testing.T) {
 	v, _ := newVerifier(t, is, nil)
 	e := echo.New()
 	e.HideBanner = true
-	e.Use(v.EchoMiddleware())
+	e.Use(echoverify.Middleware(v))
 	e.GET("/", func(c echo.Context) error {
-		cl, ok := jwks.ClaimsFromContext(c.Request().Context())
+		cl, ok := verify.ClaimsFromContext(c.Request().Context())
 		if !ok {
 			return echo.NewHTTPError(http.StatusInternalServerError, "no claims")
 		}
@@ -849,7 +851,7 @@ func TestVerifierEcho(t *testing.T) {
 	t.Cleanup(srv.Close)
 
 	tok := is.sign(claims(nil))
-	a := call(t, srv, jwks.DefaultHeader, tok)
+	a := call(t, srv, verify.DefaultHeader, tok)
 	if a.status != http.StatusOK || a.claims.Email != "alice@example.com" || !slices.Equal(a.claims.Groups, []string{"admins", "dev"}) {
 		t.Fatalf("%d %s", a.status, a.body)
 	}
@@ -863,7 +865,7 @@ func TestVerifierEcho(t *testing.T) {
 		{[]string{is.sign(claims(map[string]any{"exp": time.Now().Add(-time.Hour).Unix(), "iat": nil, "nbf": nil}))}, "expired_assertion"},
 		{[]string{is.sign(claims(map[string]any{"aud": "other.example"}))}, "invalid_assertion"},
 	} {
-		if a := call(t, srv, jwks.DefaultHeader, tc.values...); a.status != http.StatusUnauthorized || a.err.Code != tc.code {
+		if a := call(t, srv, verify.DefaultHeader, tc.values...); a.status != http.StatusUnauthorized || a.err.Code != tc.code {
 			t.Fatalf("%d %s, want 401 %s", a.status, a.body, tc.code)
 		}
 	}
@@ -890,28 +892,28 @@ func TestNewVerifierRefusesBadConfig(t *testing.T) {
 	closedURL := closed.URL
 	closed.Close()
 
-	good := jwks.VerifierConfig{JWKSURL: is.url(), Issuer: testIssuer, Audience: testAudience}
+	good := verify.VerifierConfig{JWKSURL: is.url(), Issuer: testIssuer, Audience: testAudience}
 	for _, tc := range []struct {
 		name   string
-		change func(*jwks.VerifierConfig)
+		change func(*verify.VerifierConfig)
 		want   string
 	}{
-		{"no URL", func(c *jwks.VerifierConfig) { c.JWKSURL = "" }, "JWKSURL is required"},
-		{"file URL", func(c *jwks.VerifierConfig) { c.JWKSURL = "file:///etc/jwks.json" }, "scheme must be http or https"},
-		{"no host", func(c *jwks.VerifierConfig) { c.JWKSURL = "https:///jwks.json" }, "no host"},
-		{"no issuer", func(c *jwks.VerifierConfig) { c.Issuer = "" }, "Issuer is required"},
-		{"no audience", func(c *jwks.VerifierConfig) { c.Audience = "" }, "Audience is required"},
-		{"bad header", func(c *jwks.VerifierConfig) { c.Header = "X-A: b" }, "not a header name"},
-		{"negative leeway", func(c *jwks.VerifierConfig) { c.Leeway = -time.Second }, "Leeway -1s is negative"},
-		{"min above max", func(c *jwks.VerifierConfig) { c.MinRefresh, c.MaxRefresh = time.Hour, time.Minute }, "MinRefresh 1h0m0s is above MaxRefresh 1m0s"},
-		{"server error", func(c *jwks.VerifierConfig) { c.JWKSURL = empty.URL + "/down" }, "status 500"},
-		{"not found", func(c *jwks.VerifierConfig) { c.JWKSURL = is.srv.URL + "/jwks" }, "status 404"},
-		{"no keys", func(c *jwks.VerifierConfig) { c.JWKSURL = empty.URL + "/empty" }, "no EC P-256 (ES256) key"},
-		{"only RSA", func(c *jwks.VerifierConfig) { c.JWKSURL = empty.URL + "/rsa" }, "no EC P-256 (ES256) key"},
-		{"not JSON", func(c *jwks.VerifierConfig) { c.JWKSURL = empty.URL + "/html" }, "parse key set"},
-		{"too big", func(c *jwks.VerifierConfig) { c.JWKSURL = empty.URL + "/big" }, "larger than"},
-		{"unreachable", func(c *jwks.VerifierConfig) { c.JWKSURL = closedURL + "/jwks.json" }, "connect"},
-		{"user info is not shown", func(c *jwks.VerifierConfig) {
+		{"no URL", func(c *verify.VerifierConfig) { c.JWKSURL = "" }, "JWKSURL is required"},
+		{"file URL", func(c *verify.VerifierConfig) { c.JWKSURL = "file:///etc/jwks.json" }, "scheme must be http or https"},
+		{"no host", func(c *verify.VerifierConfig) { c.JWKSURL = "https:///jwks.json" }, "no host"},
+		{"no issuer", func(c *verify.VerifierConfig) { c.Issuer = "" }, "Issuer is required"},
+		{"no audience", func(c *verify.VerifierConfig) { c.Audience = "" }, "Audience is required"},
+		{"bad header", func(c *verify.VerifierConfig) { c.Header = "X-A: b" }, "not a header name"},
+		{"negative leeway", func(c *verify.VerifierConfig) { c.Leeway = -time.Second }, "Leeway -1s is negative"},
+		{"min above max", func(c *verify.VerifierConfig) { c.MinRefresh, c.MaxRefresh = time.Hour, time.Minute }, "MinRefresh 1h0m0s is above MaxRefresh 1m0s"},
+		{"server error", func(c *verify.VerifierConfig) { c.JWKSURL = empty.URL + "/down" }, "status 500"},
+		{"not found", func(c *verify.VerifierConfig) { c.JWKSURL = is.srv.URL + "/jwks" }, "status 404"},
+		{"no keys", func(c *verify.VerifierConfig) { c.JWKSURL = empty.URL + "/empty" }, "no EC P-256 (ES256) key"},
+		{"only RSA", func(c *verify.VerifierConfig) { c.JWKSURL = empty.URL + "/rsa" }, "no EC P-256 (ES256) key"},
+		{"not JSON", func(c *verify.VerifierConfig) { c.JWKSURL = empty.URL + "/html" }, "parse key set"},
+		{"too big", func(c *verify.VerifierConfig) { c.JWKSURL = empty.URL + "/big" }, "larger than"},
+		{"unreachable", func(c *verify.VerifierConfig) { c.JWKSURL = closedURL + "/jwks.json" }, "connect"},
+		{"user info is not shown", func(c *verify.VerifierConfig) {
 			c.JWKSURL = "http://user:s3cret@" + closedURL[len("http://"):] + "/jwks.json"
 		}, "user:xxxxx@"},
 	} {
@@ -920,7 +922,7 @@ func TestNewVerifierRefusesBadConfig(t *testing.T) {
 			tc.change(&cfg)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			v, err := jwks.NewVerifier(ctx, cfg)
+			v, err := verify.NewVerifier(ctx, cfg)
 			if err == nil {
 				v.Close()
 				t.Fatal("accepted")
@@ -936,7 +938,7 @@ func TestNewVerifierRefusesBadConfig(t *testing.T) {
 	// A context that has ended stops the first fetch.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := jwks.NewVerifier(ctx, good); !errors.Is(err, context.Canceled) {
+	if _, err := verify.NewVerifier(ctx, good); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled context: %v", err)
 	}
 }
@@ -944,7 +946,7 @@ func TestNewVerifierRefusesBadConfig(t *testing.T) {
 func TestVerifierClose(t *testing.T) {
 	is := newIssuer(t, newKey(t))
 	is.setCacheControl("no-store")
-	v, _ := newVerifier(t, is, func(c *jwks.VerifierConfig) { c.MinRefresh, c.MaxRefresh = 20*time.Millisecond, time.Second })
+	v, _ := newVerifier(t, is, func(c *verify.VerifierConfig) { c.MinRefresh, c.MaxRefresh = 20*time.Millisecond, time.Second })
 	waitFor(t, 5*time.Second, "a background refresh", func() bool { return is.hits.Load() >= 2 })
 	if err := v.Close(); err != nil {
 		t.Fatal(err)
@@ -959,7 +961,7 @@ func TestVerifierClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := newKey(t)
-	if _, err := v.Verify(context.Background(), is.forge(jose.ES256, k, map[jose.HeaderKey]any{"kid": kidOf(t, k)}, claims(nil))); !errors.Is(err, jwks.ErrUnknownKID) {
+	if _, err := v.Verify(context.Background(), is.forge(jose.ES256, k, map[jose.HeaderKey]any{"kid": kidOf(t, k)}, claims(nil))); !errors.Is(err, verify.ErrUnknownKID) {
 		t.Fatal(err)
 	}
 	if got := is.hits.Load(); got != n {
@@ -970,7 +972,7 @@ func TestVerifierClose(t *testing.T) {
 // The example app of README.md: an upstream behind kmsgate that greets the
 // user the gateway vouches for.
 func ExampleVerifier_Middleware() {
-	v, err := jwks.NewVerifier(context.Background(), jwks.VerifierConfig{
+	v, err := verify.NewVerifier(context.Background(), verify.VerifierConfig{
 		JWKSURL:  "https://gw.example/.well-known/jwks.json",
 		Issuer:   "https://gw.example",
 		Audience: "app.example",
@@ -982,15 +984,15 @@ func ExampleVerifier_Middleware() {
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /", func(w http.ResponseWriter, r *http.Request) {
-		c, _ := jwks.ClaimsFromContext(r.Context())
+		c, _ := verify.ClaimsFromContext(r.Context())
 		fmt.Fprintf(w, "hello %s (%s), groups %v\n", c.Name, c.Email, c.Groups)
 	})
 	log.Fatal(http.ListenAndServe(":8080", v.Middleware(mux)))
 }
 
 func TestNewContext(t *testing.T) {
-	want := &jwks.Claims{Subject: "bob"}
-	got, ok := jwks.ClaimsFromContext(jwks.NewContext(context.Background(), want))
+	want := &verify.Claims{Subject: "bob"}
+	got, ok := verify.ClaimsFromContext(verify.NewContext(context.Background(), want))
 	if !ok || got != want {
 		t.Fatalf("got %v %v", got, ok)
 	}
@@ -1017,7 +1019,7 @@ func BenchmarkVerifier(b *testing.B) {
 	doc := kr.State().Document
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(doc.JSON) }))
 	defer srv.Close()
-	v, err := jwks.NewVerifier(context.Background(), jwks.VerifierConfig{
+	v, err := verify.NewVerifier(context.Background(), verify.VerifierConfig{
 		JWKSURL: srv.URL, Issuer: testIssuer, Audience: testAudience,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -1029,15 +1031,15 @@ func BenchmarkVerifier(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	set, err := jwks.ParseSet(doc.JSON)
+	set, err := verify.ParseSet(doc.JSON)
 	if err != nil {
 		b.Fatal(err)
 	}
-	want := jwks.Expect{Issuer: testIssuer, Audience: testAudience, Leeway: 30 * time.Second}
+	want := verify.Expect{Issuer: testIssuer, Audience: testAudience, Leeway: 30 * time.Second}
 
 	b.Run("VerifyWithSet", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := jwks.VerifyWithSet(tok, set, want); err != nil {
+			if _, err := verify.VerifyWithSet(tok, set, want); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -1052,7 +1054,7 @@ func BenchmarkVerifier(b *testing.B) {
 	h := v.Middleware(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
 	b.Run("Middleware", func(b *testing.B) {
 		req := httptest.NewRequest(http.MethodGet, "/", nil)
-		req.Header.Set(jwks.DefaultHeader, tok)
+		req.Header.Set(verify.DefaultHeader, tok)
 		for b.Loop() {
 			w := httptest.NewRecorder()
 			h.ServeHTTP(w, req)

@@ -15,11 +15,11 @@ import (
 	"time"
 
 	"github.com/kmsgate/kmsgate/backends/backendtest"
-	"github.com/kmsgate/kmsgate/jwks"
+	"github.com/kmsgate/kmsgate/jwks/verify"
 )
 
 // TestProxyEndToEnd runs `kmsgate serve --upstream` in front of an app that
-// checks every assertion with jwks.Verifier and with an independent library,
+// checks every assertion with verify.Verifier and with an independent library,
 // then rotates the PEM key (add a new key first, Pomerium's swap step) and
 // checks that the app accepts the new kid without a restart.
 func TestProxyEndToEnd(t *testing.T) {
@@ -36,7 +36,7 @@ func TestProxyEndToEnd(t *testing.T) {
 	g = backendtest.StartGateway(t, "", "--key", "file://"+keyFile, "--upstream", srv.URL,
 		"--identity", "headers", "--trusted-proxy", "127.0.0.1", "--refresh", "200ms", "--prepublish", "0s")
 
-	v, err := jwks.NewVerifier(context.Background(), jwks.VerifierConfig{
+	v, err := verify.NewVerifier(context.Background(), verify.VerifierConfig{
 		JWKSURL: g.URL + "/.well-known/jwks.json", Issuer: g.URL, Audience: "127.0.0.1",
 		MinRefresh: time.Hour, MaxRefresh: time.Hour, // only the unknown-kid refresh may pick up the rotation
 		UnknownKIDInterval: 100 * time.Millisecond,
@@ -46,7 +46,7 @@ func TestProxyEndToEnd(t *testing.T) {
 	}
 	defer v.Close()
 	app = v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, ok := jwks.ClaimsFromContext(r.Context())
+		c, ok := verify.ClaimsFromContext(r.Context())
 		if !ok {
 			t.Error("no claims in the context")
 		}

@@ -12,13 +12,13 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kmsgate/kmsgate/jwks"
+	"github.com/kmsgate/kmsgate/jwks/verify"
 )
 
 func newVerifyCmd() *cobra.Command {
 	var (
 		jwksFrom string
-		want     jwks.Expect
+		want     verify.Expect
 	)
 	cmd := &cobra.Command{
 		Use:   "verify --jwks URL|FILE [TOKEN|-]",
@@ -36,11 +36,11 @@ func newVerifyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			set, err := jwks.ParseSet(data)
+			set, err := verify.ParseSet(data)
 			if err != nil {
 				return fmt.Errorf("%s: %w", jwksFrom, err)
 			}
-			claims, err := jwks.VerifyWithSet(token, set, want)
+			claims, err := verify.VerifyWithSet(token, set, want)
 			if err != nil {
 				return err
 			}

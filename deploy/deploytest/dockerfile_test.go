@@ -279,3 +279,63 @@ func TestDockerfileRunsAsNonRootOnMinimalBase(t *testing.T) {
 		t.Errorf("the release stage copies %q, but the build writes %v in %s", copySrc, outPath, buildWorkdir)
 	}
 }
+
+// TestDockerfileDownloadStep replays the build stage up to its
+// `go mod download` with only the files the Dockerfile copies by then: the
+// step must find every module the main go.mod needs (the verifier modules
+// it replaces with folders of the repository included).
+func TestDockerfileDownloadStep(t *testing.T) {
+	ins, err := parseDockerfile(filepath.Join(root, "deploy", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	workdir := ""
+	for _, in := range ins {
+		switch in.op {
+		case "WORKDIR":
+			workdir = in.args
+		case "COPY":
+			f := strings.Fields(in.args)
+			if strings.HasPrefix(f[0], "--") || len(f) < 2 {
+				continue
+			}
+			srcs, dst := f[:len(f)-1], f[len(f)-1]
+			if srcs[0] == "." {
+				t.Fatal("the Dockerfile copies the whole tree before go mod download")
+			}
+			for _, src := range srcs {
+				b, err := os.ReadFile(filepath.Join(root, src))
+				if err != nil {
+					t.Fatalf("COPY %s: %v", src, err)
+				}
+				to := filepath.Join(dir, dst)
+				if strings.HasSuffix(dst, "/") {
+					to = filepath.Join(dir, dst, filepath.Base(src))
+				}
+				if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(to, b, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+		case "RUN":
+			if c := runCommand(in.args); c == "go mod download" {
+				if workdir != "/src" {
+					t.Fatalf("go mod download runs in %q", workdir)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+				defer cancel()
+				cmd := exec.CommandContext(ctx, "go", "mod", "download")
+				cmd.Dir = dir
+				cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=")
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Fatalf("go mod download with only what the Dockerfile copied: %v\n%s", err, out)
+				}
+				return
+			}
+		}
+	}
+	t.Fatal("the Dockerfile has no RUN go mod download")
+}

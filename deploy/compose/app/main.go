@@ -24,7 +24,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kmsgate/kmsgate/jwks"
+	"github.com/kmsgate/kmsgate/jwks/verify"
 )
 
 func main() {
@@ -36,7 +36,7 @@ func main() {
 }
 
 func run(log *slog.Logger) error {
-	cfg := jwks.VerifierConfig{
+	cfg := verify.VerifierConfig{
 		JWKSURL:  os.Getenv("KMSGATE_JWKS_URL"),
 		Issuer:   os.Getenv("KMSGATE_ISSUER"),
 		Audience: os.Getenv("APP_AUDIENCE"),
@@ -50,7 +50,7 @@ func run(log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	v, err := jwks.NewVerifier(ctx, cfg)
+	v, err := verify.NewVerifier(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("verifier (KMSGATE_JWKS_URL, KMSGATE_ISSUER, APP_AUDIENCE): %w", err)
 	}
@@ -75,7 +75,7 @@ func run(log *slog.Logger) error {
 
 // showClaims answers with the claims Middleware verified.
 func showClaims(w http.ResponseWriter, r *http.Request) {
-	c, ok := jwks.ClaimsFromContext(r.Context())
+	c, ok := verify.ClaimsFromContext(r.Context())
 	if !ok {
 		http.Error(w, "no verified assertion", http.StatusUnauthorized)
 		return

@@ -1,6 +1,8 @@
-package jwks
+package verify
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,8 +10,6 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
-
-	"github.com/kmsgate/kmsgate/backends"
 )
 
 // ParseSet parses a JWKS document, keeping only the keys kmsgate signs with
@@ -24,7 +24,7 @@ func ParseSet(data []byte) (*jose.JSONWebKeySet, error) {
 		if !k.Valid() || !k.IsPublic() || (k.Algorithm != "" && k.Algorithm != string(jose.ES256)) {
 			continue
 		}
-		if _, err := backends.CheckP256("jwk", k.Key); err != nil {
+		if ec, ok := k.Key.(*ecdsa.PublicKey); !ok || ec.Curve != elliptic.P256() {
 			continue
 		}
 		out.Keys = append(out.Keys, k)

@@ -1,4 +1,9 @@
-package jwks
+// Package verify checks the signed identity assertions kmsgate adds to
+// the requests it forwards, for Go apps behind it: net/http middleware and a
+// Verify function over the gateway's JWKS. It is a module of its own that
+// depends on go-jose and the standard library only; the echo adapter is the
+// separate module verify/echoverify.
+package verify
 
 import (
 	"context"
@@ -17,7 +22,6 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
-	"golang.org/x/sync/singleflight"
 )
 
 // DefaultHeader is the request header that carries the gateway's signed
@@ -94,8 +98,8 @@ type Verifier struct {
 	logURL string // the JWKS URL without user info, for logs and errors
 	expect Expect
 
-	set atomic.Pointer[keySet]
-	sf  singleflight.Group
+	set                  atomic.Pointer[keySet]
+	fetching, kidRefresh flight
 
 	mu         sync.Mutex
 	next       time.Time // when the background loop fetches next
@@ -244,17 +248,12 @@ func (v *Verifier) run() {
 // fetch itself is bounded by Close and fetchTimeout, not by ctx, so that the
 // callers it is shared with are not cut short by one that gives up.
 func (v *Verifier) refresh(ctx context.Context) error {
-	ch := v.sf.DoChan("fetch", func() (any, error) {
+	c := v.fetching.start(func() error {
 		fctx, cancel := context.WithTimeout(v.base, fetchTimeout)
 		defer cancel()
-		return nil, v.fetch(fctx)
+		return v.fetch(fctx)
 	})
-	select {
-	case r := <-ch:
-		return r.Err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return c.wait(ctx)
 }
 
 // fetch makes one conditional GET of the key set, installs what it gets and
@@ -462,12 +461,12 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
 // kid started less than UnknownKIDInterval ago. Concurrent callers share one
 // refresh and all wait for it (or for their ctx).
 func (v *Verifier) refreshForUnknownKID(ctx context.Context) error {
-	ch := v.sf.DoChan("kid", func() (any, error) {
+	c := v.kidRefresh.start(func() error {
 		v.mu.Lock()
 		now := time.Now()
 		if !v.lastKIDRef.IsZero() && now.Sub(v.lastKIDRef) < v.cfg.UnknownKIDInterval {
 			v.mu.Unlock()
-			return nil, nil
+			return nil
 		}
 		v.lastKIDRef = now
 		v.mu.Unlock()
@@ -475,11 +474,49 @@ func (v *Verifier) refreshForUnknownKID(ctx context.Context) error {
 		if err != nil && v.base.Err() == nil {
 			v.cfg.Logger.Warn("jwks: key set refresh for an unknown kid failed; keeping the last good set", "url", v.logURL, "err", err.Error())
 		}
-		return nil, err
+		return err
 	})
+	return c.wait(ctx)
+}
+
+// flight shares one run of a function among the callers that ask for it
+// while it runs.
+type flight struct {
+	mu  sync.Mutex
+	cur *call
+}
+
+// call is one run of a flight's function.
+type call struct {
+	done chan struct{}
+	err  error
+}
+
+// start runs fn in a goroutine unless a run is under way, and returns the
+// run to wait for.
+func (f *flight) start(fn func() error) *call {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cur != nil {
+		return f.cur
+	}
+	c := &call{done: make(chan struct{})}
+	f.cur = c
+	go func() {
+		c.err = fn()
+		f.mu.Lock()
+		f.cur = nil
+		f.mu.Unlock()
+		close(c.done)
+	}()
+	return c
+}
+
+// wait returns the run's error, or ctx's when ctx ends first.
+func (c *call) wait(ctx context.Context) error {
 	select {
-	case r := <-ch:
-		return r.Err
+	case <-c.done:
+		return c.err
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -500,27 +537,41 @@ func ClaimsFromContext(ctx context.Context) (*Claims, bool) {
 	return c, ok && c != nil
 }
 
-// rejection is the body of a 401 answer.
-type rejection struct {
+// Rejection is why a request's assertion was refused, and the JSON body of
+// the 401 answer; it never holds the token.
+type Rejection struct {
 	Error string `json:"error"`
 	Code  string `json:"code"`
 }
 
-// check reads the assertion header of r (exactly one value) and verifies it.
-func (v *Verifier) check(r *http.Request) (*Claims, *rejection, error) {
+// CheckRequest reads the assertion header of r (exactly one value) and
+// verifies it, as Middleware does; a refusal is logged at debug level and
+// returned. Framework adapters (echoverify) are built on it.
+func (v *Verifier) CheckRequest(r *http.Request) (*Claims, *Rejection) {
+	c, rej, err := v.check(r)
+	if rej != nil {
+		v.cfg.Logger.LogAttrs(r.Context(), slog.LevelDebug, "jwks: assertion rejected",
+			slog.String("code", rej.Code), slog.String("reason", rej.Error),
+			slog.String("err", err.Error()), slog.String("remote", r.RemoteAddr))
+	}
+	return c, rej
+}
+
+// check reads the assertion header of r and verifies it.
+func (v *Verifier) check(r *http.Request) (*Claims, *Rejection, error) {
 	vals := r.Header.Values(v.cfg.Header)
 	switch {
 	case len(vals) == 0 || (len(vals) == 1 && vals[0] == ""):
-		return nil, &rejection{"missing " + v.cfg.Header + " header", "missing_assertion"}, errors.New("no assertion header")
+		return nil, &Rejection{"missing " + v.cfg.Header + " header", "missing_assertion"}, errors.New("no assertion header")
 	case len(vals) > 1:
-		return nil, &rejection{"more than one " + v.cfg.Header + " header", "multiple_assertions"}, fmt.Errorf("%d assertion headers", len(vals))
+		return nil, &Rejection{"more than one " + v.cfg.Header + " header", "multiple_assertions"}, fmt.Errorf("%d assertion headers", len(vals))
 	}
 	c, err := v.Verify(r.Context(), vals[0])
 	if err != nil {
-		rej := &rejection{"assertion is invalid", "invalid_assertion"}
+		rej := &Rejection{"assertion is invalid", "invalid_assertion"}
 		switch {
 		case errors.Is(err, jwt.ErrExpired):
-			rej = &rejection{"assertion has expired", "expired_assertion"}
+			rej = &Rejection{"assertion has expired", "expired_assertion"}
 		case errors.Is(err, jwt.ErrNotValidYet), errors.Is(err, jwt.ErrIssuedInTheFuture):
 			rej.Error = "assertion is not valid yet"
 		case errors.Is(err, jwt.ErrInvalidIssuer):
@@ -535,21 +586,14 @@ func (v *Verifier) check(r *http.Request) (*Claims, *rejection, error) {
 	return c, nil, nil
 }
 
-func (v *Verifier) logRejection(r *http.Request, rej *rejection, err error) {
-	v.cfg.Logger.LogAttrs(r.Context(), slog.LevelDebug, "jwks: assertion rejected",
-		slog.String("code", rej.Code), slog.String("reason", rej.Error),
-		slog.String("err", err.Error()), slog.String("remote", r.RemoteAddr))
-}
-
 // Middleware verifies the assertion header of every request and passes the
 // request on with the claims in its context (see ClaimsFromContext). A
 // request without exactly one valid assertion is answered 401 with a JSON
 // body {"error": …, "code": …}; the token is never echoed or logged.
 func (v *Verifier) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, rej, err := v.check(r)
+		c, rej := v.CheckRequest(r)
 		if rej != nil {
-			v.logRejection(r, rej, err)
 			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set("Cache-Control", "no-store")
 			w.WriteHeader(http.StatusUnauthorized)
