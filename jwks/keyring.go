@@ -49,6 +49,11 @@ type Keyring struct {
 	mu       sync.Mutex // serialises refreshes and replans
 	versions [][]backends.Version
 	loaded   []bool
+	// usableSince holds, per URI, when this keyring first saw a version
+	// usable that became usable after the URI's first load (re-enabled, or
+	// new): it is pending for --prepublish from then, not from its
+	// creation. Versions usable at the first load have no entry (see Order).
+	usableSince []map[string]time.Time
 
 	state atomic.Pointer[State]
 }
@@ -108,6 +113,10 @@ func NewKeyring(sources []Source, cfg Config) (*Keyring, error) {
 		cfg:      cfg,
 		versions: make([][]backends.Version, len(sources)),
 		loaded:   make([]bool, len(sources)),
+	}
+	k.usableSince = make([]map[string]time.Time, len(sources))
+	for i := range k.usableSince {
+		k.usableSince[i] = map[string]time.Time{}
 	}
 	k.state.Store(&State{Plan: Plan{Active: -1}, Loaded: make([]bool, len(sources))})
 	return k, nil
@@ -181,6 +190,7 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 			}
 			continue
 		}
+		k.noteUsable(i, r.vs)
 		k.versions[i], k.loaded[i] = r.vs, true
 	}
 	if err := k.replanLocked(); err != nil {
@@ -189,10 +199,43 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// noteUsable records when versions of URI i became usable since its last
+// load, and forgets those no longer usable (a later re-enabling is timed
+// anew). Call it with k.mu held, before storing vs.
+func (k *Keyring) noteUsable(i int, vs []backends.Version) {
+	since := k.usableSince[i]
+	usable := map[string]bool{}
+	for _, v := range vs {
+		if v.State.CanSign() {
+			usable[v.ID] = true
+		}
+	}
+	for id := range since {
+		if !usable[id] {
+			delete(since, id)
+		}
+	}
+	if !k.loaded[i] {
+		return // what is usable at the first load is timed by creation
+	}
+	was := map[string]bool{}
+	for _, v := range k.versions[i] {
+		if v.State.CanSign() {
+			was[v.ID] = true
+		}
+	}
+	now := k.cfg.Clock()
+	for id := range usable {
+		if _, seen := since[id]; !was[id] && !seen {
+			since[id] = now
+		}
+	}
+}
+
 func (k *Keyring) replanLocked() error {
 	in := make([]URIVersions, len(k.sources))
 	for i, s := range k.sources {
-		in[i] = URIVersions{URI: s.URI, Ordering: s.Backend.Ordering(), Versions: k.versions[i]}
+		in[i] = URIVersions{URI: s.URI, Ordering: s.Backend.Ordering(), Versions: k.versions[i], UsableSince: k.usableSince[i]}
 	}
 	plan, err := Order(in, k.cfg.Clock(), k.cfg.Prepublish, k.cfg.KIDFormat)
 	if err != nil {

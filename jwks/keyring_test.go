@@ -217,3 +217,63 @@ func TestSignDeadlineWithHangingBackend(t *testing.T) {
 		t.Fatalf("SignJWT returned after %s, past the 100ms deadline", took)
 	}
 }
+
+// TestReenabledVersionIsPendingFromReenabling: a version created long ago
+// that becomes usable again while the keyring watches is pending for
+// --prepublish from then, not from its creation, so verifiers get its key
+// before it signs. A keyring that starts after the re-enabling cannot know
+// and counts from creation (the risk the README and `kmsgate keys` state).
+func TestReenabledVersionIsPendingFromReenabling(t *testing.T) {
+	c := backendtest.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	f := &backendtest.Fake{}
+	f.Add("v1", c.Now().Add(-72*time.Hour))
+	f.Add("v2", c.Now().Add(-24*time.Hour))
+	f.SetState("v2", backends.StateDisabled)
+	kr, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{Prepublish: 2 * time.Hour, Clock: c.Now})
+	if err := kr.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	v1 := kr.ActiveKID()
+	c.Add(10 * time.Minute)
+	f.SetState("v2", backends.StateEnabled)
+	if err := kr.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if kr.ActiveKID() != v1 {
+		t.Fatal("the re-enabled version signs at once")
+	}
+	var v2 jwks.Key
+	for _, k := range kr.State().Plan.Keys {
+		if k.Version.ID == "v2" {
+			v2 = k
+		}
+	}
+	if v2.Role != jwks.RolePending || !v2.ActiveFrom.Equal(c.Now().Add(2*time.Hour)) {
+		t.Fatalf("re-enabled v2: %s, active from %s; want pending until %s", v2.Role, v2.ActiveFrom, c.Now().Add(2*time.Hour))
+	}
+	c.Add(2*time.Hour - time.Second)
+	if kr.ActiveKID() != v1 {
+		t.Fatal("v2 signs before --prepublish has passed since its re-enabling")
+	}
+	c.Add(time.Second)
+	if kr.ActiveKID() != v2.KID {
+		t.Fatal("v2 does not sign once --prepublish has passed since its re-enabling")
+	}
+	// Disabled and re-enabled again: timed anew.
+	f.SetState("v2", backends.StateDisabled)
+	_ = kr.Refresh(context.Background())
+	c.Add(time.Minute)
+	f.SetState("v2", backends.StateEnabled)
+	_ = kr.Refresh(context.Background())
+	if kr.ActiveKID() != v1 {
+		t.Fatal("a second re-enabling is not timed anew")
+	}
+	// A fresh keyring sees v2 usable at its first load: by creation.
+	fresh, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{Prepublish: 2 * time.Hour, Clock: c.Now})
+	if err := fresh.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fresh.ActiveKID() != v2.KID {
+		t.Fatal("a fresh keyring does not count from creation")
+	}
+}

@@ -33,6 +33,11 @@ type URIVersions struct {
 	URI      string
 	Ordering backends.Ordering
 	Versions []backends.Version
+	// UsableSince holds, by version id, when a version was first seen
+	// usable, for versions that became usable (re-enabled) while the
+	// keyring watched; such a version is pending for prepublish from then
+	// if that is later than its creation. Others count from creation.
+	UsableSince map[string]time.Time
 }
 
 // Key is one published key version with its kid and role.
@@ -73,8 +78,10 @@ func (p *Plan) ActiveKey() (Key, bool) {
 //
 // Only published versions are kept (see backends.State). Within a ByCreation
 // URI, versions are ordered by creation time then version id; the active
-// version is the newest signable one created at least prepublish ago, or the
-// oldest signable one when none is that old. Newer versions are pending, older
+// version is the newest signable one published for at least prepublish, or
+// the oldest signable one when none is that old. A version is taken as
+// published since its creation, or since u.UsableSince when that is later
+// (a version re-enabled while the keyring watched). Newer versions are pending, older
 // ones retiring. Within a FirstSigns URI the first signable key is active and
 // the others are published. Only the first URI signs; every version of the
 // other URIs is published. A kid seen twice is published once, first wins.
@@ -100,7 +107,7 @@ func Order(uris []URIVersions, now time.Time, prepublish time.Duration, f KIDFor
 				}
 				return naturalCompare(a.ID, b.ID)
 			})
-			active = pickActive(vs, now, prepublish)
+			active = pickActive(vs, u.UsableSince, now, prepublish)
 		} else {
 			active = slices.IndexFunc(vs, func(v backends.Version) bool { return v.State.CanSign() })
 		}
@@ -121,7 +128,7 @@ func Order(uris []URIVersions, now time.Time, prepublish time.Duration, f KIDFor
 				case j > active:
 					k.Role = RolePending
 					if v.State.CanSign() {
-						k.ActiveFrom = v.Created.Add(prepublish)
+						k.ActiveFrom = publishedSince(v, u.UsableSince).Add(prepublish)
 						if plan.NextChange.IsZero() || k.ActiveFrom.Before(plan.NextChange) {
 							plan.NextChange = k.ActiveFrom
 						}
@@ -141,10 +148,19 @@ func Order(uris []URIVersions, now time.Time, prepublish time.Duration, f KIDFor
 	return plan, nil
 }
 
+// publishedSince is when a version counts as published from: its creation,
+// or when it was seen becoming usable, whichever is later.
+func publishedSince(v backends.Version, usableSince map[string]time.Time) time.Time {
+	if t, ok := usableSince[v.ID]; ok && t.After(v.Created) {
+		return t
+	}
+	return v.Created
+}
+
 // pickActive returns the index in vs (sorted by creation) of the version that
-// signs: the newest signable one created at least prepublish before now, or
-// else the oldest signable one; -1 when none can sign.
-func pickActive(vs []backends.Version, now time.Time, prepublish time.Duration) int {
+// signs: the newest signable one published at least prepublish before now,
+// or else the oldest signable one; -1 when none can sign.
+func pickActive(vs []backends.Version, usableSince map[string]time.Time, now time.Time, prepublish time.Duration) int {
 	oldest, newestRipe := -1, -1
 	for j, v := range vs {
 		if !v.State.CanSign() {
@@ -153,7 +169,7 @@ func pickActive(vs []backends.Version, now time.Time, prepublish time.Duration) 
 		if oldest < 0 {
 			oldest = j
 		}
-		if !v.Created.Add(prepublish).After(now) {
+		if !publishedSince(v, usableSince).Add(prepublish).After(now) {
 			newestRipe = j
 		}
 	}

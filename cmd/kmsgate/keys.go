@@ -28,7 +28,7 @@ func newKeysCmd() *cobra.Command {
 				return err
 			}
 			defer closeAll()
-			return printKeys(cmd.OutOrStdout(), kr.State().Plan.Keys, asJSON)
+			return printKeys(cmd.OutOrStdout(), kr.State().Plan.Keys, kf.prepublish, asJSON)
 		},
 	}
 	kf.register(cmd)
@@ -36,7 +36,10 @@ func newKeysCmd() *cobra.Command {
 	return cmd
 }
 
-func printKeys(w io.Writer, keys []jwks.Key, asJSON bool) error {
+// enabledNote is said of an active version chosen by creation time.
+const enabledNote = "active by creation time: if this version was enabled (again) less than %s (--prepublish) ago, verifiers may not have its key yet; see README, Rotation"
+
+func printKeys(w io.Writer, keys []jwks.Key, prepublish time.Duration, asJSON bool) error {
 	type row struct {
 		KID        string `json:"kid"`
 		Role       string `json:"role"`
@@ -45,6 +48,7 @@ func printKeys(w io.Writer, keys []jwks.Key, asJSON bool) error {
 		ActiveFrom string `json:"active_from,omitempty"`
 		BackendID  string `json:"backend_id"`
 		URI        string `json:"uri"`
+		Note       string `json:"note,omitempty"`
 	}
 	rows := make([]row, 0, len(keys))
 	for _, k := range keys {
@@ -55,6 +59,10 @@ func printKeys(w io.Writer, keys []jwks.Key, asJSON bool) error {
 		if !k.ActiveFrom.IsZero() {
 			r.ActiveFrom = k.ActiveFrom.UTC().Format(time.RFC3339)
 		}
+		if k.Role == jwks.RoleActive && !k.Version.Created.IsZero() {
+			// A fresh process cannot see when a version was enabled.
+			r.Note = fmt.Sprintf(enabledNote, prepublish)
+		}
 		rows = append(rows, r)
 	}
 	if asJSON {
@@ -64,10 +72,22 @@ func printKeys(w io.Writer, keys []jwks.Key, asJSON bool) error {
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "KID\tROLE\tSTATE\tCREATED\tACTIVE FROM\tBACKEND ID\tURI")
+	note := ""
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.KID, r.Role, r.State, dash(r.Created), dash(r.ActiveFrom), r.BackendID, r.URI)
+		role := r.Role
+		if r.Note != "" {
+			role, note = role+"*", r.Note
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.KID, role, r.State, dash(r.Created), dash(r.ActiveFrom), r.BackendID, r.URI)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if note != "" {
+		_, err := fmt.Fprintf(w, "\n* %s\n", note)
+		return err
+	}
+	return nil
 }
 
 func dash(s string) string {

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kmsgate/kmsgate/backends"
+	"github.com/kmsgate/kmsgate/jwks"
+)
+
+// TestPrintKeysNotesActiveByCreation: the active version of a URI ordered by
+// creation carries the note that kmsgate cannot see when it was enabled;
+// a PEM key (no creation time) does not.
+func TestPrintKeysNotesActiveByCreation(t *testing.T) {
+	created := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	keys := []jwks.Key{
+		{URI: "gcpkms://k", KID: "kid-1", Role: jwks.RoleActive, Version: backends.Version{ID: "1", Created: created, State: backends.StateEnabled}},
+		{URI: "gcpkms://k", KID: "kid-2", Role: jwks.RolePending, ActiveFrom: created.Add(26 * time.Hour), Version: backends.Version{ID: "2", Created: created.Add(24 * time.Hour), State: backends.StateEnabled}},
+	}
+	var table, js bytes.Buffer
+	if err := printKeys(&table, keys, 2*time.Hour, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := printKeys(&js, keys, 2*time.Hour, true); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(table.String(), "active*") || !strings.Contains(table.String(), "* active by creation time: if this version was enabled (again) less than 2h0m0s") {
+		t.Errorf("table:\n%s", table.String())
+	}
+	if strings.Count(js.String(), `"note"`) != 1 {
+		t.Errorf("json:\n%s", js.String())
+	}
+	table.Reset()
+	pemKey := []jwks.Key{{URI: "file:///k.pem", KID: "kid-p", Role: jwks.RoleActive, Version: backends.Version{ID: "sha256:x", State: backends.StateEnabled}}}
+	if err := printKeys(&table, pemKey, 2*time.Hour, false); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(table.String(), "*") {
+		t.Errorf("PEM key noted:\n%s", table.String())
+	}
+}
