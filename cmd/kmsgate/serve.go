@@ -29,6 +29,7 @@ import (
 	"github.com/kmsgate/kmsgate/backends"
 	"github.com/kmsgate/kmsgate/backends/pem"
 	"github.com/kmsgate/kmsgate/gateway"
+	"github.com/kmsgate/kmsgate/gateway/audit"
 	"github.com/kmsgate/kmsgate/jwks"
 )
 
@@ -41,6 +42,9 @@ type serveFlags struct {
 	publicHealth   bool
 	prefix         string
 	escapedSlashes string
+	auditLog       string
+	auditMaxMB     int
+	auditBackups   int
 	issuer         string
 	jwksPaths      []string
 	jwksMaxAge     time.Duration
@@ -73,6 +77,9 @@ func newServeCmd() *cobra.Command {
 	f.BoolVar(&sf.pprof, "pprof", false, "serve Go runtime profiles under /debug/pprof/ on the admin port")
 	f.BoolVar(&sf.publicHealth, "public-health", false, "also answer /healthz and /readyz on the public port (for load balancers that probe only the traffic port)")
 	f.StringVar(&sf.prefix, "gateway-prefix", "", "path put before the gateway's own /v1/ endpoints (e.g. /.kmsgate), to leave /v1/ to an upstream")
+	f.StringVar(&sf.auditLog, "audit-log", "-", "where the audit trail of issued tokens goes, one JSON line per token (never the token): - for stdout, a file (rotated), or off")
+	f.IntVar(&sf.auditMaxMB, "audit-log-max-size", 100, "size in MiB at which the audit log file is rotated")
+	f.IntVar(&sf.auditBackups, "audit-log-max-backups", 10, "rotated audit log files kept")
 	f.StringVar(&sf.escapedSlashes, "escaped-slashes", "reject", "what to do with %2F and %5C (encoded slash and backslash) in a path: reject (400) or keep (forwarded encoded, never a separator)")
 	f.StringVar(&sf.issuer, "issuer", "", "iss of every token and base URL of the jwks_uri, e.g. https://kmsgate.example.com (required)")
 	f.StringSliceVar(&sf.jwksPaths, "jwks-path", nil, "extra paths serving the key set, e.g. /.well-known/pomerium/jwks.json")
@@ -177,10 +184,17 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 	if sf.escapedSlashes != "reject" && sf.escapedSlashes != "keep" {
 		return usagef("--escaped-slashes %q: want reject or keep", sf.escapedSlashes)
 	}
+	auditLog, closeAudit, err := audit.Open(sf.auditLog, sf.auditMaxMB, sf.auditBackups, func(err error) {
+		log.Error("audit record not written", "err", err.Error())
+	})
+	if err != nil {
+		return usagef("--audit-log: %v", err)
+	}
+	defer closeAudit.Close()
 	srv, err := gateway.New(ctx, gateway.Config{
 		Issuer: sf.issuer, JWKSPaths: sf.jwksPaths, MaxAge: sf.jwksMaxAge, Prepublish: sf.prepublish,
 		RequestTimeout: sf.requestTimeout, MaxBody: sf.maxBody, Clients: sections.Clients, Proxy: sf.proxy, Logger: log,
-		Prefix: sf.prefix, PublicHealth: sf.publicHealth, KeepEscapedSlashes: sf.escapedSlashes == "keep",
+		Prefix: sf.prefix, PublicHealth: sf.publicHealth, KeepEscapedSlashes: sf.escapedSlashes == "keep", Audit: auditLog,
 	}, kr, metrics)
 	if err != nil {
 		return usageError{err}

@@ -237,3 +237,38 @@ func TestServeDevIssuer(t *testing.T) {
 		t.Fatalf("discovery %v, want issuer %s", raw, base)
 	}
 }
+
+// TestServeAuditLogFile: --audit-log FILE gets one JSON line per token
+// signed, owner-readable only, matched to the token by jti.
+func TestServeAuditLogFile(t *testing.T) {
+	keys := writeFile(t, "keys.pem", genkey(t))
+	trail := filepath.Join(t.TempDir(), "audit.log")
+	g := backendtest.StartGateway(t, "", "--key", "file://"+keys, "--audit-log", trail)
+	status, out := g.Sign(t, `{"sub":"alice","aud":"app"}`)
+	if status != 200 {
+		t.Fatalf("sign: %d %v", status, out)
+	}
+	claims := backendtest.VerifyIndependently(t, out["token"].(string), g.JWKS(t))
+	if err := g.Stop(t); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(trail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("audit log mode %v, want 0600", st.Mode().Perm())
+	}
+	b, _ := os.ReadFile(trail)
+	var rec map[string]any
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatalf("audit log %q: %v", b, err)
+	}
+	if rec["jti"] != claims["jti"] || rec["client"] != "e2e" || rec["kind"] != "sign" || strings.Contains(string(b), "eyJ") {
+		t.Errorf("audit record %s for token claims %v", b, claims)
+	}
+	if _, errOut, code := run(t, nil, "serve", "--key", "file://"+keys, "--issuer", "http://x.example", "--listen", "127.0.0.1:0",
+		"--audit-log", trail, "--audit-log-max-size", "0"); code != 2 || !strings.Contains(errOut, "--audit-log") {
+		t.Errorf("--audit-log-max-size 0: exit %d, %s", code, errOut)
+	}
+}

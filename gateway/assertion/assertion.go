@@ -10,6 +10,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/kmsgate/kmsgate/gateway/audit"
 	"github.com/kmsgate/kmsgate/gateway/identity"
 	"github.com/kmsgate/kmsgate/gateway/metrics"
 	"github.com/kmsgate/kmsgate/jwks"
@@ -32,6 +33,7 @@ type Minter struct {
 	cache   *lru.Cache[string, assertion]
 	flight  singleflight.Group
 	metrics *metrics.Metrics
+	audit   *audit.Log
 	now     func() time.Time
 }
 
@@ -41,8 +43,9 @@ type assertion struct {
 }
 
 // New returns a minter that signs with kr as issuer, assertions that live
-// ttl, and caches at most size of them.
-func New(kr *jwks.Keyring, issuer string, ttl time.Duration, size int, m *metrics.Metrics) (*Minter, error) {
+// ttl, and caches at most size of them; every assertion it signs leaves a
+// record in log (which may be nil).
+func New(kr *jwks.Keyring, issuer string, ttl time.Duration, size int, m *metrics.Metrics, log *audit.Log) (*Minter, error) {
 	if ttl <= 0 {
 		return nil, fmt.Errorf("--assertion-ttl %s must be positive", ttl)
 	}
@@ -53,13 +56,13 @@ func New(kr *jwks.Keyring, issuer string, ttl time.Duration, size int, m *metric
 	if err != nil {
 		return nil, err
 	}
-	return &Minter{keys: kr, issuer: issuer, ttl: ttl, cache: c, metrics: m, now: time.Now}, nil
+	return &Minter{keys: kr, issuer: issuer, ttl: ttl, cache: c, metrics: m, audit: log, now: time.Now}, nil
 }
 
 // Mint returns a signed assertion for id and audience, from the cache while
 // it is within assertionReuse of its lifetime. A signature is bounded by
-// timeout.
-func (m *Minter) Mint(ctx context.Context, timeout time.Duration, id identity.Identity, audience string) (string, error) {
+// timeout. A signature is audited as made for origin.
+func (m *Minter) Mint(ctx context.Context, timeout time.Duration, id identity.Identity, audience string, origin audit.Origin) (string, error) {
 	key := id.Key(audience)
 	active := m.keys.ActiveKID()
 	if a, ok := m.cache.Get(key); ok && m.now().Before(a.reuseUntil) {
@@ -98,6 +101,14 @@ func (m *Minter) Mint(ctx context.Context, timeout time.Duration, id identity.Id
 		tok, kid, err := m.keys.SignJWT(sctx, claims)
 		if err != nil {
 			return nil, err
+		}
+		if m.audit != nil {
+			rec := audit.FromClaims("assertion", kid, claims)
+			rec.Route = origin.Route
+			if origin.Remote.IsValid() {
+				rec.Remote = origin.Remote.String()
+			}
+			m.audit.Write(rec)
 		}
 		m.cache.Add(key, assertion{token: tok, kid: kid, reuseUntil: now.Add(time.Duration(float64(m.ttl) * assertionReuse))})
 		return tok, nil

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/kmsgate/kmsgate/backends/backendtest"
+	"github.com/kmsgate/kmsgate/gateway/audit"
 	"github.com/kmsgate/kmsgate/gateway/identity"
 	"github.com/kmsgate/kmsgate/gateway/metrics"
 	"github.com/kmsgate/kmsgate/jwks"
@@ -18,7 +19,7 @@ func TestAssertionCacheReuseAndEviction(t *testing.T) {
 	if err := kr.Refresh(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	m, err := New(kr, "https://iss", 10*time.Second, 2, metrics.New())
+	m, err := New(kr, "https://iss", 10*time.Second, 2, metrics.New(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,7 +28,7 @@ func TestAssertionCacheReuseAndEviction(t *testing.T) {
 	ctx := context.Background()
 	alice, bob, carol := identity.Identity{Subject: "alice"}, identity.Identity{Subject: "bob"}, identity.Identity{Subject: "carol"}
 	mint := func(id identity.Identity, aud string) string {
-		tok, err := m.Mint(ctx, time.Minute, id, aud)
+		tok, err := m.Mint(ctx, time.Minute, id, aud, audit.Origin{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -54,7 +55,7 @@ func TestAssertionCacheReuseAndEviction(t *testing.T) {
 		t.Fatal("groups not part of the cache key")
 	}
 	// Size 2, least recently used out first.
-	m2, _ := New(kr, "https://iss", time.Minute, 2, metrics.New())
+	m2, _ := New(kr, "https://iss", time.Minute, 2, metrics.New(), nil)
 	m = m2
 	m.now = func() time.Time { return now }
 	base := f.Signs.Load()
@@ -73,10 +74,10 @@ func TestAssertionCacheReuseAndEviction(t *testing.T) {
 	if f.Signs.Load() != base+4 {
 		t.Fatal("bob was not evicted")
 	}
-	if _, err := New(kr, "i", 0, 1, metrics.New()); err == nil {
+	if _, err := New(kr, "i", 0, 1, metrics.New(), nil); err == nil {
 		t.Fatal("zero ttl accepted")
 	}
-	if _, err := New(kr, "i", time.Minute, 0, metrics.New()); err == nil {
+	if _, err := New(kr, "i", time.Minute, 0, metrics.New(), nil); err == nil {
 		t.Fatal("zero cache size accepted")
 	}
 }

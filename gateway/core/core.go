@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/kmsgate/kmsgate/gateway/assertion"
+	"github.com/kmsgate/kmsgate/gateway/audit"
 	"github.com/kmsgate/kmsgate/gateway/header"
 	"github.com/kmsgate/kmsgate/gateway/identity"
 	"github.com/kmsgate/kmsgate/gateway/metrics"
@@ -57,6 +58,9 @@ type Config struct {
 	Proxy ProxyConfig
 	// Logger receives the logs; slog.Default when nil.
 	Logger *slog.Logger
+	// Audit receives one record per token signed (sign API, assertions);
+	// nil for none.
+	Audit *audit.Log
 }
 
 // ProxyConfig is the gateway-in-front-of-apps part of the configuration:
@@ -329,7 +333,7 @@ func (c *Core) buildProxy(ctx context.Context) (*proxyState, error) {
 	}
 	p.rules.Prepare()
 	p.table = route.NewTable(routes, catchAll)
-	m, err := assertion.New(c.keys, c.cfg.Issuer, pc.TTL, pc.CacheSize, c.metrics)
+	m, err := assertion.New(c.keys, c.cfg.Issuer, pc.TTL, pc.CacheSize, c.metrics, c.cfg.Audit)
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package core
 import (
 	"net/http"
 
+	"github.com/kmsgate/kmsgate/gateway/audit"
 	"github.com/kmsgate/kmsgate/gateway/identity"
 	"github.com/kmsgate/kmsgate/gateway/proxy"
 	"github.com/kmsgate/kmsgate/gateway/route"
@@ -24,7 +25,7 @@ func (c *Core) forward(r *Request, a *Answer) {
 		a.identityFailure(err, rt.Identity)
 		return
 	}
-	tok, err := p.minter.Mint(r.Ctx, c.cfg.RequestTimeout, id, rt.Audience)
+	tok, err := p.minter.Mint(r.Ctx, c.cfg.RequestTimeout, id, rt.Audience, audit.Origin{Route: rt.Name, Remote: r.Addr})
 	if err != nil {
 		c.log.Warn("assertion not signed; request refused", "audience", rt.Audience, "err", err.Error())
 		a.backendFailure(err)
@@ -61,7 +62,7 @@ func (c *Core) serveForwardAuth(r *Request, a *Answer) {
 		a.Fail(http.StatusBadRequest, "malformed", "X-Forwarded-Host (or Host) must name the original request's host")
 		return
 	}
-	tok, err := p.minter.Mint(r.Ctx, c.cfg.RequestTimeout, id, aud)
+	tok, err := p.minter.Mint(r.Ctx, c.cfg.RequestTimeout, id, aud, audit.Origin{Route: "forward-auth", Remote: r.Addr})
 	if err != nil {
 		c.log.Warn("assertion not signed; request refused", "audience", aud, "err", err.Error())
 		a.backendFailure(err)

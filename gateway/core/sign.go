@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 
+	"github.com/kmsgate/kmsgate/gateway/audit"
 	"github.com/kmsgate/kmsgate/jwks"
 )
 
@@ -45,7 +47,7 @@ func (c *Core) serveSign(r *Request, a *Answer) {
 	if !ok {
 		return
 	}
-	s := c.sign(r.Ctx, client, body)
+	s := c.sign(r.Ctx, client, body, r.Addr)
 	if s.retryAfter > 0 {
 		a.Set("Retry-After", strconv.Itoa(s.retryAfter))
 	}
@@ -97,7 +99,7 @@ func refuse(status int, code, msg string) signAnswer {
 
 // sign checks an authenticated client's request body against its policy
 // and signs the token within the request timeout.
-func (c *Core) sign(ctx context.Context, client *Client, body []byte) signAnswer {
+func (c *Core) sign(ctx context.Context, client *Client, body []byte, remote netip.Addr) signAnswer {
 	req, err := decodeSignRequest(body)
 	if err != nil {
 		return refuse(http.StatusBadRequest, "malformed", err.Error())
@@ -135,6 +137,14 @@ func (c *Core) sign(ctx context.Context, client *Client, body []byte) signAnswer
 		return signAnswer{status: a.Status, body: a.Body, retryAfter: retry}
 	}
 	c.log.Debug("signed", "client", client.Name, "kid", kid, "sub", claims["sub"])
+	if c.cfg.Audit != nil {
+		rec := audit.FromClaims("sign", kid, claims)
+		rec.Client = client.Name
+		if remote.IsValid() {
+			rec.Remote = remote.String()
+		}
+		c.cfg.Audit.Write(rec)
+	}
 	return signAnswer{status: http.StatusOK, body: signResponse(tok, kid, now.Add(ttl))}
 }
 
