@@ -54,6 +54,7 @@ type Keyring struct {
 	// new): it is pending for --prepublish from then, not from its
 	// creation. Versions usable at the first load have no entry (see Order).
 	usableSince []map[string]time.Time
+	lastLoad    []time.Time // per URI, the clock at its last successful load
 
 	state atomic.Pointer[State]
 }
@@ -115,6 +116,7 @@ func NewKeyring(sources []Source, cfg Config) (*Keyring, error) {
 		loaded:   make([]bool, len(sources)),
 	}
 	k.usableSince = make([]map[string]time.Time, len(sources))
+	k.lastLoad = make([]time.Time, len(sources))
 	for i := range k.usableSince {
 		k.usableSince[i] = map[string]time.Time{}
 	}
@@ -201,7 +203,12 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 
 // noteUsable records when versions of URI i became usable since its last
 // load, and forgets those no longer usable (a later re-enabling is timed
-// anew). Call it with k.mu held, before storing vs.
+// anew). A version becomes usable when it was listed before in a state
+// that cannot sign (re-enabled), or when it is listed for the first time
+// though created before the last load (it was hidden: an alias moved onto
+// an old key). A version created since the last load is new and counts from
+// its creation, like on every replica. Call it with k.mu held, before
+// storing vs.
 func (k *Keyring) noteUsable(i int, vs []backends.Version) {
 	since := k.usableSince[i]
 	usable := map[string]bool{}
@@ -215,19 +222,22 @@ func (k *Keyring) noteUsable(i int, vs []backends.Version) {
 			delete(since, id)
 		}
 	}
+	now := k.cfg.Clock()
+	defer func() { k.lastLoad[i] = now }()
 	if !k.loaded[i] {
 		return // what is usable at the first load is timed by creation
 	}
-	was := map[string]bool{}
+	listed, was := map[string]bool{}, map[string]bool{}
 	for _, v := range k.versions[i] {
-		if v.State.CanSign() {
-			was[v.ID] = true
-		}
+		listed[v.ID] = true
+		was[v.ID] = v.State.CanSign()
 	}
-	now := k.cfg.Clock()
-	for id := range usable {
-		if _, seen := since[id]; !was[id] && !seen {
-			since[id] = now
+	for _, v := range vs {
+		if _, seen := since[v.ID]; !usable[v.ID] || was[v.ID] || seen {
+			continue
+		}
+		if listed[v.ID] || !v.Created.After(k.lastLoad[i]) {
+			since[v.ID] = now
 		}
 	}
 }

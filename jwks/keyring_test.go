@@ -277,3 +277,33 @@ func TestReenabledVersionIsPendingFromReenabling(t *testing.T) {
 		t.Fatal("a fresh keyring does not count from creation")
 	}
 }
+
+// TestNewAndHiddenVersions: a version created since the last load is new
+// and counts from its creation, as on every replica; one listed for the
+// first time though created before the last load (an alias moved onto an
+// old key) counts from when it was seen.
+func TestNewAndHiddenVersions(t *testing.T) {
+	c := backendtest.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	f := &backendtest.Fake{}
+	f.Add("v1", c.Now().Add(-72*time.Hour))
+	kr, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{Prepublish: 2 * time.Hour, Clock: c.Now})
+	if err := kr.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c.Add(time.Minute)
+	f.Add("new", c.Now().Add(-30*time.Second))  // created since the last load
+	f.Add("hidden", c.Now().Add(-48*time.Hour)) // old, first listed now
+	if err := kr.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	from := map[string]time.Time{}
+	for _, k := range kr.State().Plan.Keys {
+		from[k.Version.ID] = k.ActiveFrom
+	}
+	if want := c.Now().Add(-30 * time.Second).Add(2 * time.Hour); !from["new"].Equal(want) {
+		t.Errorf("new version active from %s, want %s (its creation + prepublish)", from["new"], want)
+	}
+	if want := c.Now().Add(2 * time.Hour); !from["hidden"].Equal(want) {
+		t.Errorf("hidden version active from %s, want %s (first seen + prepublish)", from["hidden"], want)
+	}
+}
