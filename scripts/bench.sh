@@ -142,6 +142,7 @@ CONF
 "$W/kmsgate" serve --listen "127.0.0.1:$KG_PORT" --admin-listen "127.0.0.1:$KG_ADMIN_PORT" --issuer "http://127.0.0.1:$KG_PORT" \
   --key "file://$W/key.pem" --config "$W/kmsgate.yaml" --log-level warn \
   --upstream "http://127.0.0.1:$UP_PORT" --identity headers --trusted-proxy 127.0.0.1 --assertion-ttl 5m \
+  --audit-log "$W/audit.log" \
   2> "$W/kmsgate.log" &
 KG_PID=$!
 add_cleanup "kill $KG_PID"
@@ -228,6 +229,7 @@ wrk -t$THREADS -c$CONNS -d${USERS_SECONDS}s -s "$W/users.lua" "http://127.0.0.1:
 SIGNS_AFTER=$(signs)
 USERS_REQS=$(awk '/requests in/ {print $1}' "$W/users.out")
 
+AUDIT_LINES=$(wc -l < "$W/audit.log")
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 mean() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", (a+b)/2}'; }
 NG=$(( (N1 + N2) / 2 )); KG=$(( (K1 + K2) / 2 ))
@@ -253,4 +255,5 @@ proxy  kmsgate / caddy       : $(ratio "$PK" "$PC")   (target >= 3.0; runs $(rat
 proxy  p99 @ $CONNS conns kmsgate / nginx : $(ratio "$PKP99M" "$PNP99M")   (mean p99 kmsgate $PKP99M ms, nginx $PNP99M ms)
 proxy  p50 at 1 connection   : direct $LD50 ms, kmsgate $LK50 ms, added $(awk -v a="$LK50" -v b="$LD50" 'BEGIN {printf "%.3f", a-b}') ms   (target <= 0.3 ms)
 proxy  100 users, ${USERS_SECONDS}s       : $USERS_REQS requests, $((SIGNS_AFTER - SIGNS_BEFORE)) backend signatures   (target <= 100)
+audit  records written       : $AUDIT_LINES, one per token signed in the whole run (--audit-log to a file)
 REPORT

@@ -338,8 +338,10 @@ func TestComposeDemo(t *testing.T) {
 		if c["user"] != user || c["email"] != user+"@example.com" || fmt.Sprint(c["groups"]) != "[demo users]" || c["iss"] != "http://"+gwAddr || c["aud"] != "127.0.0.1" {
 			t.Errorf("%s: verified claims %v", user, c)
 		}
-		if exp, iat := c["exp"].(float64), c["iat"].(float64); exp-iat != 300 {
-			t.Errorf("%s: assertion lifetime %v s, want kmsgate's default 300", user, exp-iat)
+		// exp is the moment of signing plus the default 5 min; iat is set
+		// 5 s before that moment for verifiers whose clock is behind.
+		if exp, iat := c["exp"].(float64), c["iat"].(float64); exp-iat != 305 {
+			t.Errorf("%s: exp - iat %v s, want kmsgate's default 300 plus its 5 s of clock skew", user, exp-iat)
 		}
 		if got.Path != "/hello" || !regexp.MustCompile(`^hello `+user+`\b`).MatchString(got.Message) || strings.Contains(body, "mallory") {
 			t.Errorf("%s: app answered %s", user, body)
