@@ -148,8 +148,8 @@ func (k *Keyring) State() *State {
 // ActiveKID returns the kid of the version that signs now, or "" when
 // none can.
 func (k *Keyring) ActiveKID() string {
-	if key, ok := k.State().Plan.ActiveKey(); ok {
-		return key.KID
+	if sk := k.State().signer; sk != nil {
+		return sk.key.KID
 	}
 	return ""
 }
