@@ -17,8 +17,10 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 
@@ -40,16 +42,68 @@ type Backend struct {
 	keys map[string]*ecdsa.PrivateKey
 }
 
+// MaxFileSize is the largest key file read; a larger one is refused before
+// it is read.
+const MaxFileSize = 1 << 20
+
 func openFile(_ context.Context, u *url.URL, _ backends.Options) (backends.Backend, error) {
-	if u.Host != "" && u.Host != "localhost" {
-		return nil, fmt.Errorf("pem: %s: %w: file URIs take an absolute path (file:///path/keys.pem), not host %q", u, backends.ErrInvalidURI, u.Host)
-	}
-	if u.Path == "" {
+	path := u.Path
+	switch {
+	case u.Opaque != "":
+		// file:keys.pem, relative to the working directory at start.
+		abs, err := filepath.Abs(u.Opaque)
+		if err != nil {
+			return nil, fmt.Errorf("pem: %s: %w: %v", u, backends.ErrInvalidURI, err)
+		}
+		path = abs
+	case u.Host != "" && u.Host != "localhost":
+		return nil, fmt.Errorf("pem: %s: %w: %q would be a host; write file:///absolute/path.pem, or file:%s%s for a path relative to the working directory", u, backends.ErrInvalidURI, u.Host, u.Host, u.Path)
+	case path == "":
 		return nil, fmt.Errorf("pem: %s: %w: no path", u, backends.ErrInvalidURI)
 	}
-	path := u.Path
-	b := &Backend{name: "file://" + path, read: func() ([]byte, error) { return os.ReadFile(path) }}
+	b := &Backend{name: "file://" + path, read: func() ([]byte, error) { return readKeyFile(path) }}
 	return b, b.load()
+}
+
+// readKeyFile reads a key file of at most MaxFileSize bytes; anything but a
+// regular file (a device, a FIFO, a directory) is refused unread.
+func readKeyFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if m := st.Mode(); !m.IsRegular() {
+		what := "not a regular file"
+		switch {
+		case m.IsDir():
+			what = "a directory"
+		case m&os.ModeCharDevice != 0:
+			what = "a character device"
+		case m&os.ModeDevice != 0:
+			what = "a device"
+		case m&os.ModeNamedPipe != 0:
+			what = "a named pipe"
+		case m&os.ModeSocket != 0:
+			what = "a socket"
+		}
+		return nil, fmt.Errorf("%s is %s, not a key file", path, what)
+	}
+	if st.Size() > MaxFileSize {
+		return nil, fmt.Errorf("%s is %d bytes, more than the %d a key file may have", path, st.Size(), MaxFileSize)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxFileSize {
+		return nil, fmt.Errorf("%s grew past %d bytes while read", path, MaxFileSize)
+	}
+	return b, nil
 }
 
 func openEnv(_ context.Context, u *url.URL, _ backends.Options) (backends.Backend, error) {

@@ -226,3 +226,39 @@ func TestGenerate(t *testing.T) {
 		t.Fatalf("generated key does not parse as one SEC1 key: %v", err)
 	}
 }
+
+// TestKeyFileLimits: relative file: paths resolve against the working
+// directory; files larger than MaxFileSize and anything but a regular file
+// are refused before they are read.
+func TestKeyFileLimits(t *testing.T) {
+	dir := t.TempDir()
+	key, err := Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "k.pem"), key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	b, err := backends.Open(context.Background(), "file:k.pem", backends.Options{})
+	if err != nil {
+		t.Fatalf("relative file:k.pem: %v", err)
+	}
+	b.Close()
+	if _, err := backends.Open(context.Background(), "file://k.pem", backends.Options{}); err == nil || !strings.Contains(err.Error(), "file:k.pem") {
+		t.Errorf("file://k.pem: %v, want a hint at file:k.pem", err)
+	}
+	big := filepath.Join(dir, "big.pem")
+	if err := os.WriteFile(big, append(key, make([]byte, MaxFileSize)...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for uri, want := range map[string]string{
+		"file://" + big:   "more than the 1048576 a key file may have",
+		"file:///dev/zero": "/dev/zero is a character device, not a key file",
+		"file://" + dir:   "is a directory, not a key file",
+	} {
+		if _, err := backends.Open(context.Background(), uri, backends.Options{}); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", uri, err, want)
+		}
+	}
+}

@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"text/tabwriter"
 	"time"
 
@@ -172,10 +174,13 @@ func newSignCmd() *cobra.Command {
 }
 
 func newGenkeyCmd() *cobra.Command {
-	var b64 bool
+	var (
+		b64 bool
+		out string
+	)
 	cmd := &cobra.Command{
 		Use:   "genkey",
-		Short: "Print a new P-256 private key as PEM (SEC1), for file:// and env:// keys",
+		Short: "Print a new P-256 private key as PEM (SEC1), for file:// and env:// keys; --out writes it to a new file readable by its owner only",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			p, err := pem.Generate()
@@ -185,10 +190,27 @@ func newGenkeyCmd() *cobra.Command {
 			if b64 {
 				p = []byte(base64Std(p) + "\n")
 			}
-			_, err = cmd.OutOrStdout().Write(p)
-			return err
+			if out == "" {
+				_, err = cmd.OutOrStdout().Write(p)
+				return err
+			}
+			// A new file, 0600, never over an existing one (an old key
+			// may still sign or verify).
+			f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if err != nil {
+				if errors.Is(err, os.ErrExist) {
+					return fmt.Errorf("--out %s exists; genkey never overwrites a key (remove it first if you mean to)", out)
+				}
+				return fmt.Errorf("--out: %w", err)
+			}
+			if _, err := f.Write(p); err != nil {
+				f.Close()
+				return fmt.Errorf("--out %s: %w", out, err)
+			}
+			return f.Close()
 		},
 	}
 	cmd.Flags().BoolVar(&b64, "base64", false, "print the PEM base64 encoded (Pomerium's SIGNING_KEY form)")
+	cmd.Flags().StringVar(&out, "out", "", "write the key to this new file (mode 0600) instead of stdout")
 	return cmd
 }

@@ -2,6 +2,9 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -39,5 +42,31 @@ func TestPrintKeysNotesActiveByCreation(t *testing.T) {
 	}
 	if strings.Contains(table.String(), "*") {
 		t.Errorf("PEM key noted:\n%s", table.String())
+	}
+}
+
+// TestGenkeyOut: --out writes a new 0600 file, refuses to overwrite, and
+// the key serves as a relative file: URI.
+func TestGenkeyOut(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "key.pem")
+	if _, errOut, code := run(t, nil, "genkey", "--out", path); code != 0 {
+		t.Fatalf("genkey --out: %d %s", code, errOut)
+	}
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v, want mode 0600", st, err)
+	}
+	before, _ := os.ReadFile(path)
+	if _, errOut, code := run(t, nil, "genkey", "--out", path); code != 1 || !strings.Contains(errOut, "never overwrites") {
+		t.Errorf("second genkey --out: %d %s", code, errOut)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Error("the key was overwritten")
+	}
+	cmd := exec.Command(binary, "jwks", "--key", "file:key.pem")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), `"kty":"EC"`) {
+		t.Errorf("jwks --key file:key.pem in its folder: %v %s", err, out)
 	}
 }
