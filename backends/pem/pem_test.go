@@ -253,9 +253,9 @@ func TestKeyFileLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	for uri, want := range map[string]string{
-		"file://" + big:   "more than the 1048576 a key file may have",
+		"file://" + big:    "more than the 1048576 a key file may have",
 		"file:///dev/zero": "/dev/zero is a character device, not a key file",
-		"file://" + dir:   "is a directory, not a key file",
+		"file://" + dir:    "is a directory, not a key file",
 	} {
 		if _, err := backends.Open(context.Background(), uri, backends.Options{}); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", uri, err, want)
