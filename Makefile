@@ -3,7 +3,7 @@
 .PHONY: run test bench build
 
 build:
-	CGO_ENABLED=0 go build -trimpath -o bin/kmsgate ./cmd/kmsgate
+	CGO_ENABLED=0 go build -trimpath -buildvcs=auto -o bin/kmsgate ./cmd/kmsgate
 
 run:
 	go run ./cmd/kmsgate serve --dev

@@ -238,6 +238,9 @@ func TestVersionAndGenkey(t *testing.T) {
 	if code != 0 || !strings.HasPrefix(out, "kmsgate ") {
 		t.Fatalf("version: %d %q", code, out)
 	}
+	if flag, _, code := run(t, nil, "--version"); code != 0 || flag != out {
+		t.Errorf("--version: %d %q, want %q", code, flag, out)
+	}
 	out, _, code = run(t, nil, "genkey", "--base64")
 	dec, err := base64.StdEncoding.DecodeString(strings.TrimSpace(out))
 	if code != 0 || err != nil || !strings.HasPrefix(string(dec), "-----BEGIN EC PRIVATE KEY-----") {

@@ -20,7 +20,9 @@ func newRootCmd() *cobra.Command {
 		Short:         "ES256 signing gateway for keys held in a KMS",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       versionString(),
 	}
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.PersistentFlags().String("config", "", "YAML config file; every flag is also a top-level key (env KMSGATE_CONFIG)")
 	root.PersistentFlags().String("log-level", "info", "log level: debug, info, warn or error")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })

@@ -57,8 +57,8 @@ func TestServeEndToEnd(t *testing.T) {
 		if resp.StatusCode != want {
 			t.Errorf("GET %s: %d, want %d", url, resp.StatusCode, want)
 		}
-		if strings.HasSuffix(url, "/metrics") && want == 200 && !strings.Contains(string(body), "kmsgate_keys_ready 1") {
-			t.Errorf("admin metrics lack kmsgate_keys_ready 1")
+		if strings.HasSuffix(url, "/metrics") && want == 200 && (!strings.Contains(string(body), "kmsgate_keys_ready 1") || !strings.Contains(string(body), "kmsgate_build_info{")) {
+			t.Errorf("admin metrics lack kmsgate_keys_ready 1 or kmsgate_build_info")
 		}
 	}
 	// SIGTERM: a clean exit, and no token or key in the logs.

@@ -178,8 +178,9 @@ func TestDockerfileBuildsTheReleaseBinary(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kmsgate version: %v\n%s", err, out)
 	}
-	if !regexp.MustCompile(`^kmsgate \S+ go1\.\S+ linux/\w+\n$`).Match(out) {
-		t.Errorf("kmsgate version printed %q", out)
+	// Built from the git checkout: the version names its commit and date.
+	if !regexp.MustCompile(`^kmsgate \S+ \(commit [0-9a-f]{40}( modified)?, \d{4}-\d\d-\d\dT[0-9:]+Z\) go1\.\S+ linux/\w+\n$`).Match(out) {
+		t.Errorf("kmsgate version printed %q, want the version, commit and date of the checkout", out)
 	}
 
 	// Static: no program interpreter and no shared libraries, so it runs on

@@ -3,6 +3,7 @@
 package metrics
 
 import (
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -72,6 +73,16 @@ func (m *Metrics) AssertionCache(hit bool) {
 // AssertionRotated counts a cached assertion not reused because its kid is
 // no longer the active one (a rotation or a disabled version).
 func (m *Metrics) AssertionRotated() { m.assertionRotated.Inc() }
+
+// SetBuildInfo exports kmsgate_build_info{version, commit, date, goversion} 1.
+func (m *Metrics) SetBuildInfo(version, commit, date string) {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "kmsgate_build_info", Help: "The running binary: version, commit and commit date; always 1.",
+		ConstLabels: prometheus.Labels{"version": version, "commit": commit, "date": date, "goversion": runtime.Version()},
+	})
+	g.Set(1)
+	_ = m.Registry.Register(g)
+}
 
 // WatchKeys exports the keyring's published versions and readiness at
 // scrape time (kmsgate_key_info, kmsgate_keys_ready).
