@@ -80,6 +80,20 @@ func New(ctx context.Context, cfg Config, kr *jwks.Keyring, m *Metrics) (*Server
 	return &Server{core: c, front: front.New(c, cfg.MaxBody), cfg: cfg}, nil
 }
 
+// RouteSummary describes the upstream routes in matching order, for the
+// start-up log: "host/path -> upstream (identity)".
+func (s *Server) RouteSummary() []string {
+	var out []string
+	for _, r := range s.core.Routes() {
+		host := r.Host
+		if host == "" {
+			host = "*"
+		}
+		out = append(out, host+r.Path+" -> "+r.Target.Redacted()+" ("+r.Identity+")")
+	}
+	return out
+}
+
 // Metrics returns the server's metrics.
 func (s *Server) Metrics() *Metrics { return s.core.Metrics() }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -187,15 +188,27 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 		}
 		if r.err != nil {
 			errs = append(errs, r.err)
-			if k.loaded[i] {
-				k.cfg.Logger.Warn("key refresh failed; serving the last good versions", "uri", backends.Redact(s.URI), "err", r.err.Error())
+			msg := "key refresh failed; serving the last good versions"
+			if !k.loaded[i] {
+				msg = "key URI not loaded yet; retrying"
 			}
+			k.cfg.Logger.Warn(msg, "uri", backends.Redact(s.URI), "kind", backends.Kind(r.err), "err", r.err.Error())
 			continue
+		}
+		if !k.loaded[i] {
+			usable := 0
+			for _, v := range r.vs {
+				if v.State.CanSign() {
+					usable++
+				}
+			}
+			k.cfg.Logger.Info("key URI loaded", "uri", backends.Redact(s.URI), "backend", s.Backend.Kind(), "versions", len(r.vs), "usable", usable)
 		}
 		k.noteUsable(i, r.vs)
 		k.versions[i], k.loaded[i] = r.vs, true
 	}
 	if err := k.replanLocked(); err != nil {
+		k.cfg.Logger.Error("key set not rebuilt; serving the last one", "err", err.Error())
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -266,8 +279,45 @@ func (k *Keyring) replanLocked() error {
 			header:  encodeHeader(key.KID),
 		}
 	}
+	prev := k.state.Load()
 	k.state.Store(st)
+	k.logChanges(prev, st)
 	return nil
+}
+
+// logChanges logs, at info, the changes between two states an operator acts
+// on: the gateway becoming ready, and the signing key changing, with why.
+func (k *Keyring) logChanges(prev, st *State) {
+	if !prev.Ready && st.Ready {
+		k.cfg.Logger.Info("ready: every key URI has loaded", "uris", len(k.sources), "published", len(st.Plan.Keys), "active_kid", activeKID(st))
+	}
+	old, cur := activeKID(prev), activeKID(st)
+	if old == cur {
+		return
+	}
+	reason := "the key versions changed"
+	switch {
+	case old == "":
+		reason = "keys loaded"
+	case cur == "":
+		reason = "no usable version left to sign with"
+	case !slices.ContainsFunc(st.Plan.Keys, func(key Key) bool { return key.KID == old }):
+		reason = "the signing version is no longer usable (disabled, destroyed or removed)"
+	case slices.ContainsFunc(prev.Plan.Keys, func(key Key) bool { return key.KID == cur && key.Role == RolePending }):
+		reason = "a pending version has been published for --prepublish"
+	}
+	level := slog.LevelInfo
+	if cur == "" {
+		level = slog.LevelError
+	}
+	k.cfg.Logger.Log(context.Background(), level, "signing key changed", "old_kid", old, "new_kid", cur, "reason", reason)
+}
+
+func activeKID(st *State) string {
+	if key, ok := st.Plan.ActiveKey(); ok {
+		return key.KID
+	}
+	return ""
 }
 
 // Run refreshes every interval until ctx ends, each refresh bounded by
@@ -288,9 +338,7 @@ func (k *Keyring) Run(ctx context.Context, interval, timeout time.Duration) {
 		case <-t.C:
 		}
 		rctx, cancel := context.WithTimeout(ctx, timeout)
-		if err := k.Refresh(rctx); err != nil {
-			k.cfg.Logger.Warn("key refresh failed", "err", err.Error())
-		}
+		_ = k.Refresh(rctx) // each failed URI is logged once by Refresh
 		cancel()
 	}
 }

@@ -43,6 +43,7 @@ type serveFlags struct {
 	prefix         string
 	escapedSlashes string
 	auditLog       string
+	requestLog     float64
 	auditMaxMB     int
 	auditBackups   int
 	issuer         string
@@ -77,6 +78,7 @@ func newServeCmd() *cobra.Command {
 	f.BoolVar(&sf.pprof, "pprof", false, "serve Go runtime profiles under /debug/pprof/ on the admin port")
 	f.BoolVar(&sf.publicHealth, "public-health", false, "also answer /healthz and /readyz on the public port (for load balancers that probe only the traffic port)")
 	f.StringVar(&sf.prefix, "gateway-prefix", "", "path put before the gateway's own /v1/ endpoints (e.g. /.kmsgate), to leave /v1/ to an upstream")
+	f.Float64Var(&sf.requestLog, "request-log-sample", 1, "share of requests logged at info (method, endpoint, status, duration, client address, subject; never a token): 1 all, 0 none, 0.01 one in a hundred")
 	f.StringVar(&sf.auditLog, "audit-log", "-", "where the audit trail of issued tokens goes, one JSON line per token (never the token): - for stdout, a file (rotated), or off")
 	f.IntVar(&sf.auditMaxMB, "audit-log-max-size", 100, "size in MiB at which the audit log file is rotated")
 	f.IntVar(&sf.auditBackups, "audit-log-max-backups", 10, "rotated audit log files kept")
@@ -196,7 +198,7 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 	srv, err := gateway.New(ctx, gateway.Config{
 		Issuer: sf.issuer, JWKSPaths: sf.jwksPaths, MaxAge: sf.jwksMaxAge, Prepublish: sf.prepublish,
 		RequestTimeout: sf.requestTimeout, MaxBody: sf.maxBody, Clients: sections.Clients, Proxy: sf.proxy, Logger: log,
-		Prefix: sf.prefix, PublicHealth: sf.publicHealth, KeepEscapedSlashes: sf.escapedSlashes == "keep", Audit: auditLog,
+		Prefix: sf.prefix, PublicHealth: sf.publicHealth, KeepEscapedSlashes: sf.escapedSlashes == "keep", Audit: auditLog, RequestLogSample: sf.requestLog,
 	}, kr, metrics)
 	if err != nil {
 		return usageError{err}
@@ -213,7 +215,7 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 		if errors.Is(err, backends.ErrKeyType) || errors.Is(err, backends.ErrInvalidURI) || errors.Is(err, backends.ErrNotFound) {
 			return err
 		}
-		log.Warn("keys not loaded yet; retrying in the background", "err", err.Error())
+		log.Warn("starting unready; the key URIs that did not load are retried in the background (readiness on the admin port says which)")
 	}
 
 	if ln == nil {
@@ -235,7 +237,18 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 	if tlsCfg != nil {
 		scheme = "https"
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "issuer", sf.issuer, "keys", len(kr.Sources()))
+	adminAddr := "off"
+	if adminLn != nil {
+		adminAddr = adminLn.Addr().String()
+	}
+	st := kr.State()
+	var uris []string
+	for _, src := range kr.Sources() {
+		uris = append(uris, backends.Redact(src.URI))
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "admin", adminAddr, "issuer", sf.issuer,
+		"key_uris", uris, "published", len(st.Plan.Keys), "active_kid", kr.ActiveKID(), "ready", st.Ready,
+		"identity", dashIfEmpty(sf.proxy.Identity), "routes", srv.RouteSummary(), "audit_log", sf.auditLog)
 	if sf.dev {
 		admin := "(no admin port)"
 		if adminLn != nil {
@@ -257,6 +270,13 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 	err = srv.Serve(ctx, ln, tlsCfg, sf.grace)
 	stop()
 	return errors.Join(err, <-adminDone)
+}
+
+func dashIfEmpty(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // reachable returns host:port of a listening address as a client on this

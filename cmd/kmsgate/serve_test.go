@@ -272,3 +272,46 @@ func TestServeAuditLogFile(t *testing.T) {
 		t.Errorf("--audit-log-max-size 0: exit %d, %s", code, errOut)
 	}
 }
+
+// TestServeLogs: at info, a two-URI serve logs each URI loaded, readiness,
+// the signing key and why it changes, one start-up summary, and one line
+// per request with the client address and who it was for, never a token.
+func TestServeLogs(t *testing.T) {
+	first := writeFile(t, "first.pem", genkey(t))
+	second := writeFile(t, "second.pem", genkey(t))
+	g := backendtest.StartGateway(t, "", "--key", "file://"+first, "--key", "file://"+second, "--refresh", "100ms")
+	status, out := g.Sign(t, `{"sub":"alice","aud":"app"}`)
+	if status != 200 {
+		t.Fatalf("sign: %d %v", status, out)
+	}
+	oldKID := out["kid"].(string)
+	// A new key replaces the first URI's: the signing key changes at the
+	// next refresh, and says why.
+	if err := os.WriteFile(first, []byte(genkey(t)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(g.Logs(), `"msg":"signing key changed","old_kid":"`+oldKID) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no signing key change logged:\n%s", g.Logs())
+		}
+		time.Sleep(50 * time.Millisecond) // polling the process's output, bounded by the deadline
+	}
+	logs := g.Logs()
+	for _, want := range []string{
+		`"msg":"key URI loaded","uri":"file://` + first + `","backend":"pem","versions":1,"usable":1`,
+		`"msg":"key URI loaded","uri":"file://` + second + `"`,
+		`"msg":"ready: every key URI has loaded","uris":2,"published":2`,
+		`"msg":"signing key changed","old_kid":"","new_kid":"` + oldKID + `","reason":"keys loaded"`,
+		`"msg":"listening"`, `"key_uris":["file://` + first + `","file://` + second + `"]`, `"active_kid":"` + oldKID + `"`,
+		`"msg":"request","method":"POST","endpoint":"/v1/sign","status":200`, `"remote":"127.0.0.1","client":"e2e"`,
+		`"reason":"the signing version is no longer usable (disabled, destroyed or removed)"`,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %s", want)
+		}
+	}
+	if strings.Contains(logs, out["token"].(string)[:40]) || strings.Contains(logs, g.Token) {
+		t.Error("a token reached the logs")
+	}
+}

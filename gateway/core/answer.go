@@ -22,6 +22,9 @@ type Answer struct {
 	Close bool
 	// Endpoint labels the request in metrics and logs.
 	Endpoint string
+	// Subject is who the request was for (an identity's sub), and Client
+	// the sign API client, for the request log.
+	Subject, Client string
 	// Forward is set when the request is to be forwarded as Plan says.
 	Forward bool
 	Plan    proxy.Plan

@@ -61,6 +61,10 @@ type Config struct {
 	// Audit receives one record per token signed (sign API, assertions);
 	// nil for none.
 	Audit *audit.Log
+	// RequestLogSample is the share of requests logged at info (method,
+	// endpoint or route, status, duration, client address, subject or
+	// client; never a token): 1 logs all, 0 none.
+	RequestLogSample float64
 }
 
 // ProxyConfig is the gateway-in-front-of-apps part of the configuration:
@@ -142,6 +146,9 @@ func New(ctx context.Context, cfg Config, kr *jwks.Keyring, m *metrics.Metrics) 
 	}
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = 64 << 10
+	}
+	if cfg.RequestLogSample < 0 || cfg.RequestLogSample > 1 {
+		return nil, fmt.Errorf("--request-log-sample %v must be between 0 (none) and 1 (every request)", cfg.RequestLogSample)
 	}
 	if cfg.MaxAge < 0 {
 		return nil, fmt.Errorf("JWKS max-age %s is negative", cfg.MaxAge)

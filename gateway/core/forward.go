@@ -25,6 +25,7 @@ func (c *Core) forward(r *Request, a *Answer) {
 		a.identityFailure(err, rt.Identity)
 		return
 	}
+	a.Subject = id.Subject
 	tok, err := p.minter.Mint(r.Ctx, c.cfg.RequestTimeout, id, rt.Audience, audit.Origin{Route: rt.Name, Remote: r.Addr})
 	if err != nil {
 		c.log.Warn("assertion not signed; request refused", "audience", rt.Audience, "err", err.Error())
@@ -54,6 +55,7 @@ func (c *Core) serveForwardAuth(r *Request, a *Answer) {
 		a.identityFailure(err, p.defaultSrc)
 		return
 	}
+	a.Subject = id.Subject
 	aud := r.Headers.Get("X-Forwarded-Host")
 	if aud == "" {
 		aud = r.Authority

@@ -1,6 +1,7 @@
 package core
 
 import (
+	"math/rand/v2"
 	"net/http"
 	"slices"
 	"strings"
@@ -126,11 +127,27 @@ func WantsWebSocket(method string, h Headers) bool {
 	return false
 }
 
-// Observe records an answered request: its metrics, and a debug log line
-// (method, endpoint, status, duration; never headers, path or query).
+// Observe records an answered request: its metrics, and for a sample of
+// requests (RequestLogSample) an info line with the method, endpoint (and
+// route), status, duration, client address and who it was for; never
+// headers, tokens, path or query.
 func (c *Core) Observe(r *Request, a *Answer, took time.Duration) {
 	c.metrics.Request(a.Endpoint, a.Status, took)
-	if c.log.Enabled(r.Ctx, slog.LevelDebug) {
-		c.log.Debug("request", "method", r.Method, "endpoint", a.Endpoint, "status", a.Status, "remote", r.Addr.String(), "took_ms", float64(took.Microseconds())/1000)
+	rate := c.cfg.RequestLogSample
+	if rate <= 0 || !c.log.Enabled(r.Ctx, slog.LevelInfo) || (rate < 1 && rand.Float64() >= rate) {
+		return
 	}
+	attrs := make([]slog.Attr, 0, 8)
+	attrs = append(attrs, slog.String("method", r.Method), slog.String("endpoint", a.Endpoint), slog.Int("status", a.Status),
+		slog.Float64("took_ms", float64(took.Microseconds())/1000), slog.String("remote", r.Addr.String()))
+	if a.Forward {
+		attrs = append(attrs, slog.String("route", a.Plan.Route.Name))
+	}
+	if a.Subject != "" {
+		attrs = append(attrs, slog.String("sub", a.Subject))
+	}
+	if a.Client != "" {
+		attrs = append(attrs, slog.String("client", a.Client))
+	}
+	c.log.LogAttrs(r.Ctx, slog.LevelInfo, "request", attrs...)
 }

@@ -43,6 +43,7 @@ func (c *Core) serveSign(r *Request, a *Answer) {
 		a.Set("WWW-Authenticate", `Bearer realm="kmsgate"`)
 		return
 	}
+	a.Client = client.Name
 	body, ok := c.readBody(r, a)
 	if !ok {
 		return
