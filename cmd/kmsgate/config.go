@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -156,4 +157,66 @@ func redactValue(name, v string) string {
 		return "REDACTED"
 	}
 	return v
+}
+
+// backendVariables are the KMSGATE_* variables the backends read
+// themselves, besides one per flag.
+var backendVariables = []string{
+	"KMSGATE_VAULT_AUTH", "KMSGATE_VAULT_AUTH_MOUNT", "KMSGATE_VAULT_ROLE", "KMSGATE_VAULT_K8S_TOKEN_PATH",
+	"KMSGATE_VAULT_APPROLE_ROLE_ID", "KMSGATE_VAULT_APPROLE_SECRET_ID_FILE", "KMSGATE_GCPKMS_ENDPOINT",
+}
+
+// unknownVariables returns a warning for each KMSGATE_* variable in env that
+// no flag or backend reads (a typo would otherwise be ignored silently),
+// naming the closest known one when it is a likely misspelling. Variables
+// of the test suite (KMSGATE_TEST_*, KMSGATE_REQUIRE_SERVERS) are left alone.
+func unknownVariables(env []string, flags map[string]bool) []string {
+	known := map[string]bool{}
+	for f := range flags {
+		known[envName(f)] = true
+	}
+	for _, v := range backendVariables {
+		known[v] = true
+	}
+	var out []string
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "KMSGATE_") || known[name] || strings.HasPrefix(name, "KMSGATE_TEST_") || name == "KMSGATE_REQUIRE_SERVERS" {
+			continue
+		}
+		msg := name + " is set but no flag or backend reads it"
+		best, dist := "", 3
+		for k := range known {
+			if d := editDistance(name, k); d < dist || (d == dist && k < best) {
+				best, dist = k, d
+			}
+		}
+		if best != "" {
+			msg += "; did you mean " + best + "?"
+		}
+		out = append(out, msg)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -125,6 +126,7 @@ func newSignCmd() *cobra.Command {
 		issuer   string
 		ttl      time.Duration
 		claimsIn string
+		partial  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "sign",
@@ -145,6 +147,17 @@ func newSignCmd() *cobra.Command {
 				dec.UseNumber()
 				if err := dec.Decode(&claims); err != nil {
 					return usagef("--claims: not a JSON object: %v", err)
+				}
+			}
+			if !partial {
+				var missing []string
+				for _, name := range []string{"sub", "aud"} {
+					if v, ok := claims[name]; !ok || v == nil || v == "" {
+						missing = append(missing, name)
+					}
+				}
+				if len(missing) > 0 {
+					return usagef("--claims has no %s: a token names who it is about (sub) and for whom (aud); --allow-missing-claims signs without them", strings.Join(missing, " and no "))
 				}
 			}
 			full, err := jwks.NewClaims(issuer, time.Now(), ttl, claims)
@@ -169,6 +182,7 @@ func newSignCmd() *cobra.Command {
 	kf.register(cmd)
 	cmd.Flags().StringVar(&issuer, "issuer", "kmsgate", "iss claim")
 	cmd.Flags().DurationVar(&ttl, "ttl", 5*time.Minute, "lifetime: exp = iat + ttl")
+	cmd.Flags().BoolVar(&partial, "allow-missing-claims", false, "sign claims without sub or aud")
 	cmd.Flags().StringVar(&claimsIn, "claims", "", `claims as a JSON object, e.g. '{"sub":"alice","aud":"app"}', or - for stdin`)
 	return cmd
 }

@@ -70,3 +70,17 @@ func TestGenkeyOut(t *testing.T) {
 		t.Errorf("jwks --key file:key.pem in its folder: %v %s", err, out)
 	}
 }
+
+// TestUnknownVariableWarns: a misspelled KMSGATE_* variable is not
+// ignored silently: kmsgate warns and names the closest known one.
+func TestUnknownVariableWarns(t *testing.T) {
+	_, errOut, code := run(t, []string{"KMSGATE_KID_FROMAT=hex", "KMSGATE_NONSENSE_SETTING=1"}, "genkey")
+	if code != 0 {
+		t.Fatalf("genkey: %d %s", code, errOut)
+	}
+	for _, want := range []string{"KMSGATE_KID_FROMAT is set but no flag or backend reads it; did you mean KMSGATE_KID_FORMAT?", `KMSGATE_NONSENSE_SETTING is set but no flag or backend reads it"`} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errOut)
+		}
+	}
+}

@@ -15,9 +15,13 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newRootCmd().ExecuteContext(ctx)
+	cmd, err := newRootCmd().ExecuteContextC(ctx)
 	stop()
-	os.Exit(exitCode(err))
+	path := "kmsgate"
+	if cmd != nil {
+		path = cmd.CommandPath()
+	}
+	os.Exit(exitCode(err, path))
 }
 
 // usageError marks an error in how the command was called (exit code 2).
@@ -29,15 +33,15 @@ func (e usageError) Unwrap() error { return e.err }
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
 // exitCode prints err to stderr and returns 0, 1 for a failure, or 2 for a
-// usage error.
-func exitCode(err error) int {
+// usage error, which points at the help of the command that was run.
+func exitCode(err error, command string) int {
 	if err == nil {
 		return 0
 	}
 	fmt.Fprintln(os.Stderr, "kmsgate:", err)
 	var ue usageError
 	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {
-		fmt.Fprintln(os.Stderr, "Run 'kmsgate --help' for usage.")
+		fmt.Fprintf(os.Stderr, "Run '%s --help' for usage.\n", command)
 		return 2
 	}
 	return 1

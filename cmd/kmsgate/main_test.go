@@ -129,8 +129,18 @@ func TestSignThenVerifyIndependently(t *testing.T) {
 		t.Fatalf("verify with nothing on stdin: %d %s", code, errOut)
 	}
 	// Reserved claims are refused.
-	if _, errOut, code := run(t, nil, "sign", "--key", uri, "--claims", `{"exp":1}`); code != 2 || !strings.Contains(errOut, `"exp"`) {
+	if _, errOut, code := run(t, nil, "sign", "--key", uri, "--claims", `{"sub":"a","aud":"b","exp":1}`); code != 2 || !strings.Contains(errOut, `"exp"`) {
 		t.Fatalf("reserved claim: %d %s", code, errOut)
+	}
+	// sub and aud are required unless asked for.
+	if _, errOut, code := run(t, nil, "sign", "--key", uri, "--claims", `{"sub":"a"}`); code != 2 || !strings.Contains(errOut, "--claims has no aud") {
+		t.Fatalf("sign without aud: %d %s", code, errOut)
+	}
+	if _, errOut, code := run(t, nil, "sign", "--key", uri); code != 2 || !strings.Contains(errOut, "--claims has no sub and no aud") {
+		t.Fatalf("sign without claims: %d %s", code, errOut)
+	}
+	if out, errOut, code := run(t, nil, "sign", "--key", uri, "--allow-missing-claims"); code != 0 || !strings.HasPrefix(out, "eyJ") {
+		t.Fatalf("sign --allow-missing-claims: %d %s", code, errOut)
 	}
 }
 
@@ -221,7 +231,7 @@ func TestBadKeysRefused(t *testing.T) {
 		"second bad": {good + string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: rsader})), "key 2: wrong key type: RSA key"},
 	} {
 		path := writeFile(t, "bad.pem", c.data)
-		for _, args := range [][]string{{"keys", "--key", "file://" + path}, {"sign", "--key", "env://BAD_KEY"}} {
+		for _, args := range [][]string{{"keys", "--key", "file://" + path}, {"sign", "--key", "env://BAD_KEY", "--allow-missing-claims"}} {
 			_, errOut, code := run(t, []string{"BAD_KEY=" + c.data}, args...)
 			if code != 1 || !strings.Contains(errOut, c.want) {
 				t.Errorf("%s via %v: exit %d, stderr %q; want 1 and %q", name, args[2], code, errOut, c.want)

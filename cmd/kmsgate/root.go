@@ -50,6 +50,9 @@ func newRootCmd() *cobra.Command {
 			return usagef("--log-level %q: want debug, info, warn or error", level)
 		}
 		slog.SetDefault(slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l})))
+		for _, w := range unknownVariables(os.Environ(), known) {
+			slog.Warn(w)
+		}
 		cmd.SetContext(context.WithValue(cmd.Context(), configKey{}, cfg))
 		return nil
 	}

@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -129,8 +130,8 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 			return usagef("config: %v", err)
 		}
 	}
-	if sf.refresh <= 0 {
-		return usagef("--refresh %s must be positive", sf.refresh)
+	if err := preflight(sf, &sections); err != nil {
+		return err
 	}
 	var devToken string
 	var ln net.Listener // listened on early only by --dev without --issuer
@@ -161,9 +162,6 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 			return err
 		}
 	}
-	if sf.issuer == "" {
-		return usagef("--issuer is required (the iss of every token, e.g. https://kmsgate.example.com)")
-	}
 	tlsCfg, err := loadTLS(sf.tlsCert, sf.tlsKey, sf.tlsClientCA)
 	if err != nil {
 		return err
@@ -178,16 +176,10 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 	}
 	defer closeAll()
 	for _, t := range sf.trusted {
-		p, err := parsePrefix(t)
-		if err != nil {
-			return usagef("--trusted-proxy %q: %v", t, err)
-		}
+		p, _ := parsePrefix(t) // checked by preflight
 		sf.proxy.TrustedProxies = append(sf.proxy.TrustedProxies, p)
 	}
 	sf.proxy.Routes = sections.Routes
-	if sf.escapedSlashes != "reject" && sf.escapedSlashes != "keep" {
-		return usagef("--escaped-slashes %q: want reject or keep", sf.escapedSlashes)
-	}
 	auditLog, closeAudit, err := audit.Open(sf.auditLog, sf.auditMaxMB, sf.auditBackups, func(err error) {
 		log.Error("audit record not written", "err", err.Error())
 	})
@@ -291,6 +283,91 @@ func reachable(a net.Addr) string {
 		ip = net.IPv4(127, 0, 0, 1)
 	}
 	return net.JoinHostPort(ip.String(), strconv.Itoa(ta.Port))
+}
+
+// preflight checks, before anything is opened, every requirement of serve
+// that the flags, environment and config file alone decide, and reports
+// all that are not met at once, each in the user's words (flag, variable,
+// config key).
+func preflight(sf *serveFlags, sections *configSectionsFile) error {
+	var p []string
+	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+	if !sf.dev {
+		if sf.issuer == "" {
+			add("--issuer (KMSGATE_ISSUER, config issuer) is required: the iss of every token, e.g. https://kmsgate.example.com")
+		}
+		if len(sf.keys) == 0 {
+			add("--key (KMSGATE_KEY, config key) is required: a key URI such as gcpkms://…, awskms:///alias/…, hashivault://NAME or file:///keys.pem")
+		}
+	}
+	if sf.refresh <= 0 {
+		add("--refresh %s must be positive", sf.refresh)
+	}
+	if sf.escapedSlashes != "reject" && sf.escapedSlashes != "keep" {
+		add("--escaped-slashes %q: want reject or keep", sf.escapedSlashes)
+	}
+	if sf.requestLog < 0 || sf.requestLog > 1 {
+		add("--request-log-sample %v: want a share between 0 (none) and 1 (every request)", sf.requestLog)
+	}
+	if sf.auditLog != "-" && sf.auditLog != "off" && sf.auditLog != "" && (sf.auditMaxMB <= 0 || sf.auditBackups < 0) {
+		add("--audit-log-max-size must be positive and --audit-log-max-backups not negative for an audit log file")
+	}
+	if (sf.tlsCert == "") != (sf.tlsKey == "") {
+		add("--tls-cert and --tls-key go together")
+	}
+	if sf.tlsClientCA != "" && sf.tlsCert == "" {
+		add("--tls-client-ca needs --tls-cert and --tls-key")
+	}
+	for _, t := range sf.trusted {
+		if _, err := parsePrefix(t); err != nil {
+			add("--trusted-proxy %q: %v", t, err)
+		}
+	}
+	// The identity sources in use, and what each needs.
+	uses := map[string][]string{}
+	if sf.proxy.Identity != "" {
+		uses[sf.proxy.Identity] = append(uses[sf.proxy.Identity], "--identity")
+	}
+	for i, r := range sections.Routes {
+		if r.Identity != "" {
+			uses[r.Identity] = append(uses[r.Identity], fmt.Sprintf("route %d", i+1))
+		}
+	}
+	for src, where := range uses {
+		by := strings.Join(where, ", ")
+		switch src {
+		case gateway.SourceClientCert:
+			if sf.tlsCert == "" || sf.tlsClientCA == "" {
+				add("identity client-cert (%s) needs TLS that asks for client certificates: --tls-cert, --tls-key and --tls-client-ca", by)
+			}
+		case gateway.SourceHeaders:
+			if len(sf.trusted) == 0 {
+				add("identity headers (%s) needs --trusted-proxy: the addresses of the authenticating proxy in front, the only peers whose identity headers count", by)
+			}
+		case gateway.SourceOIDC:
+			if sf.proxy.OIDCIssuer == "" || sf.proxy.OIDCAudience == "" {
+				add("identity oidc (%s) needs --oidc-issuer and --oidc-audience", by)
+			}
+		default:
+			add("identity %q (%s): want headers, oidc or client-cert", src, by)
+		}
+	}
+	slices.Sort(p)
+	switch len(p) {
+	case 0:
+		return nil
+	case 1:
+		return usagef("%s%s", p[0], devHint(sf))
+	}
+	return usagef("%d problems with the configuration:\n  - %s%s", len(p), strings.Join(p, "\n  - "), devHint(sf))
+}
+
+// devHint suggests --dev to someone trying kmsgate without a key or issuer.
+func devHint(sf *serveFlags) string {
+	if sf.dev || (sf.issuer != "" && len(sf.keys) > 0) {
+		return ""
+	}
+	return "\n(to try kmsgate without a KMS: kmsgate serve --dev)"
 }
 
 // setupDev adds an in-memory key when no --key is given and a development

@@ -85,7 +85,7 @@ func TestServeRefusesAtStart(t *testing.T) {
 		want string
 	}{
 		{[]string{"serve", "--key", "file://" + bad, "--issuer", "http://x.example", "--listen", "127.0.0.1:0"}, 1, "key 1: wrong key type: RSA key"},
-		{[]string{"serve", "--key", "file://" + good, "--listen", "127.0.0.1:0"}, 2, "--issuer is required"},
+		{[]string{"serve", "--key", "file://" + good, "--listen", "127.0.0.1:0"}, 2, "--issuer (KMSGATE_ISSUER, config issuer) is required"},
 		{[]string{"serve", "--key", "file://" + good, "--issuer", "x.example", "--listen", "127.0.0.1:0"}, 2, "http:// or https://"},
 		{[]string{"serve", "--key", "file://" + good, "--issuer", "http://x.example", "--listen", "127.0.0.1:0", "--tls-cert", "/nonexistent"}, 2, "--tls-cert and --tls-key go together"},
 		{[]string{"serve", "--key", "file://" + good, "--issuer", "http://x.example", "--listen", "127.0.0.1:0", "--escaped-slashes", "decode"}, 2, `--escaped-slashes "decode": want reject or keep`},
@@ -95,6 +95,15 @@ func TestServeRefusesAtStart(t *testing.T) {
 		_, errOut, code := run(t, nil, c.args...)
 		if code != c.code || !strings.Contains(errOut, c.want) {
 			t.Errorf("%v: exit %d, stderr %q; want %d and %q", c.args, code, errOut, c.code, c.want)
+		}
+	}
+	// Every problem at once, in the user's words, with the hint at --dev
+	// and the subcommand's help.
+	_, errOut, code := run(t, nil, "serve", "--listen", "127.0.0.1:0", "--identity", "client-cert", "--escaped-slashes", "x", "--trusted-proxy", "nonsense")
+	for _, want := range []string{"5 problems with the configuration", "--issuer (KMSGATE_ISSUER, config issuer) is required", "--key (KMSGATE_KEY, config key) is required",
+		`--escaped-slashes "x"`, `--trusted-proxy "nonsense"`, "identity client-cert (--identity) needs TLS that asks for client certificates", "kmsgate serve --dev", "Run 'kmsgate serve --help'"} {
+		if code != 2 || !strings.Contains(errOut, want) {
+			t.Errorf("several problems: exit %d, stderr lacks %q:\n%s", code, want, errOut)
 		}
 	}
 }
