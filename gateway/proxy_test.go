@@ -448,7 +448,11 @@ type oidcIssuer struct {
 	free chan struct{} // … until this is closed
 }
 
-func newOIDCIssuer(t *testing.T) *oidcIssuer {
+func newOIDCIssuer(t *testing.T) *oidcIssuer { return newOIDCIssuerOn(t, nil) }
+
+// newOIDCIssuerOn is newOIDCIssuer serving on ln (a new loopback port when
+// nil).
+func newOIDCIssuerOn(t *testing.T, ln net.Listener) *oidcIssuer {
 	k, _ := rsa.GenerateKey(rand.Reader, 2048)
 	o := &oidcIssuer{key: k, free: make(chan struct{})}
 	mux := http.NewServeMux()
@@ -466,7 +470,12 @@ func newOIDCIssuer(t *testing.T) *oidcIssuer {
 		}
 		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &k.PublicKey, KeyID: "rsa1", Algorithm: "RS256", Use: "sig"}}})
 	})
-	o.Server = httptest.NewServer(mux)
+	o.Server = httptest.NewUnstartedServer(mux)
+	if ln != nil {
+		o.Server.Listener.Close()
+		o.Server.Listener = ln
+	}
+	o.Server.Start()
 	t.Cleanup(o.Close)
 	t.Cleanup(func() { o.release() })
 	return o
@@ -711,5 +720,70 @@ func TestAssertionsForClocksBehind(t *testing.T) {
 	}
 	if accepted != 100 {
 		t.Fatalf("%d of 100 accepted", accepted)
+	}
+}
+
+// TestOIDCIssuerDownAtStart: an identity provider that is down when the
+// gateway starts makes it start unready (not fail): oidc requests get 503
+// with Retry-After, readiness names the issuer, and once the issuer
+// appears the gateway becomes ready and judges tokens, without a restart.
+func TestOIDCIssuerDownAtStart(t *testing.T) {
+	ln, err := listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing answers there yet
+	issuerURL := "http://" + addr
+	up := newUpstream(t, nil)
+	e := newProxyEnv(t, gateway.ProxyConfig{Upstream: up.URL, Identity: gateway.SourceOIDC, OIDCIssuer: issuerURL, OIDCAudience: "kmsgate-app"})
+	ready := func() (int, string) {
+		resp, err := http.Get(e.adm.URL + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := ready(); code != 503 || !strings.Contains(body, "oidc issuer "+issuerURL) {
+		t.Fatalf("readiness with the issuer down: %d %s", code, body)
+	}
+	req, _ := http.NewRequest("GET", "http://"+e.addr+"/", nil)
+	req.Header.Set("Authorization", "Bearer x.y.z")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("oidc request with the issuer down: %d, want 503 with Retry-After", resp.StatusCode)
+	}
+	// The issuer comes up on its address.
+	ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("the issuer's port was taken meanwhile: %v", err)
+	}
+	iss := newOIDCIssuerOn(t, ln)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if code, _ := ready(); code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("not ready 20 s after the issuer came up")
+		}
+		time.Sleep(100 * time.Millisecond) // polling readiness, bounded by the deadline
+	}
+	now := time.Now()
+	tok := iss.token(t, jose.RS256, iss.key, map[string]any{"iss": iss.URL, "aud": "kmsgate-app", "sub": "u-1", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()})
+	req, _ = http.NewRequest("GET", "http://"+e.addr+"/", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	if resp, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("oidc request once the issuer is up: %d", resp.StatusCode)
 	}
 }

@@ -91,6 +91,11 @@ func (a *Answer) identityFailure(err error, source string) {
 		a.Fail(http.StatusForbidden, "untrusted_identity", "identity headers are only accepted from a trusted proxy")
 		return
 	}
+	if errors.Is(err, identity.ErrUnavailable) {
+		a.Fail(http.StatusServiceUnavailable, "identity_unavailable", "the identity provider ("+source+") has not been reached yet; retry later")
+		a.Set("Retry-After", "5")
+		return
+	}
 	a.Fail(http.StatusUnauthorized, "unauthenticated", "no acceptable identity ("+source+")")
 	if source == identity.SourceOIDC {
 		a.Set("WWW-Authenticate", `Bearer realm="kmsgate"`)

@@ -327,7 +327,7 @@ func (c *Core) buildProxy(ctx context.Context) (*proxyState, error) {
 			}
 			p.sources[n] = identity.NewHeaderSource(pc.TrustedProxies)
 		case identity.SourceOIDC:
-			src, err := identity.NewOIDCSource(ctx, pc.OIDCIssuer, pc.OIDCAudience, c.cfg.RequestTimeout)
+			src, err := identity.NewOIDCSource(ctx, pc.OIDCIssuer, pc.OIDCAudience, c.cfg.RequestTimeout, c.log)
 			if err != nil {
 				return nil, err
 			}

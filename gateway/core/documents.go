@@ -5,9 +5,11 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/kmsgate/kmsgate/backends"
+	"github.com/kmsgate/kmsgate/gateway/identity"
 )
 
 // discoveryDocument returns the OpenID discovery document of an issuer and
@@ -98,19 +100,34 @@ func etagMatches(header, etag string) bool {
 // Health answers the liveness check.
 func (c *Core) Health(a *Answer) { a.JSON(http.StatusOK, []byte(`{"status":"ok"}`)) }
 
-// Ready answers 200 once every key URI has loaded once, 503 before, naming
-// the URIs still missing.
+// Ready answers 200 once every key URI has loaded once and every identity
+// source can judge requests (an OIDC issuer reached), 503 before, naming
+// what is still missing.
 func (c *Core) Ready(a *Answer) {
 	st := c.keys.State()
-	if st.Ready {
-		a.JSON(http.StatusOK, []byte(`{"status":"ready"}`))
-		return
-	}
 	missing := []string{}
 	for i, src := range c.keys.Sources() {
 		if i >= len(st.Loaded) || !st.Loaded[i] {
 			missing = append(missing, backends.Redact(src.URI))
 		}
+	}
+	if c.proxy != nil {
+		names := make([]string, 0, len(c.proxy.sources))
+		for n := range c.proxy.sources {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		for _, n := range names {
+			if r, ok := c.proxy.sources[n].(identity.Readier); ok {
+				if ready, what := r.Ready(); !ready {
+					missing = append(missing, what)
+				}
+			}
+		}
+	}
+	if len(missing) == 0 {
+		a.JSON(http.StatusOK, []byte(`{"status":"ready"}`))
+		return
 	}
 	b, _ := json.Marshal(map[string]any{"status": "not ready", "not_loaded": missing})
 	a.JSON(http.StatusServiceUnavailable, b)

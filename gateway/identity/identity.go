@@ -8,11 +8,14 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
@@ -140,34 +143,96 @@ func Trusted(ip netip.Addr, trusted []netip.Prefix) bool {
 	return slices.ContainsFunc(trusted, func(p netip.Prefix) bool { return p.Contains(ip) })
 }
 
-// oidcSource verifies an Authorization: Bearer OIDC token against its
-// issuer's discovery document and JWKS (go-oidc): issuer, audience, expiry
-// and an asymmetric algorithm are checked.
-type oidcSource struct {
-	verifier *oidc.IDTokenVerifier
-	timeout  time.Duration // bounds a verification, which may fetch the issuer's JWKS
+// ErrUnavailable is the failure of a source that cannot judge requests
+// yet (its identity provider has not been reached): 503, not 401.
+var ErrUnavailable = errors.New("the identity provider has not been reached yet")
+
+// Readier is a source that may not be ready to judge requests yet.
+type Readier interface {
+	// Ready reports whether the source can judge requests, and if not,
+	// what it waits for.
+	Ready() (bool, string)
 }
 
-// NewOIDCSource fetches the issuer's discovery document.
-func NewOIDCSource(ctx context.Context, issuer, audience string, timeout time.Duration) (Source, error) {
+// oidcSource verifies an Authorization: Bearer OIDC token against its
+// issuer's discovery document and JWKS (go-oidc): issuer, audience, expiry
+// and an asymmetric algorithm are checked. Until the discovery document has
+// been fetched it refuses every request with ErrUnavailable and retries in
+// the background, so an identity provider that is down at start makes the
+// gateway start unready instead of failing.
+type oidcSource struct {
+	issuer, audience string
+	timeout          time.Duration // bounds a verification, which may fetch the issuer's JWKS
+	verifier         atomic.Pointer[oidc.IDTokenVerifier]
+	client           *http.Client
+}
+
+// NewOIDCSource returns the oidc source of an issuer and audience. It
+// fetches the issuer's discovery document within ctx's first 15 s; if that
+// fails, it keeps retrying in the background until ctx ends (every 1 s at
+// first, backing off to 30 s), logging each failure to log. Only a
+// configuration that can never work is an error.
+func NewOIDCSource(ctx context.Context, issuer, audience string, timeout time.Duration, log *slog.Logger) (Source, error) {
 	if issuer == "" || audience == "" {
 		return nil, errors.New("the oidc identity source needs --oidc-issuer and --oidc-audience")
 	}
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
+	if u, err := url.Parse(issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, fmt.Errorf("--oidc-issuer %q must be an http:// or https:// URL", issuer)
+	}
 	// go-oidc fetches the JWKS in the background with this client; without a
 	// timeout, one hung fetch would hold every later verification.
-	ctx = oidc.ClientContext(ctx, &http.Client{Timeout: 10 * time.Second})
-	p, err := oidc.NewProvider(ctx, issuer)
-	if err != nil {
-		return nil, fmt.Errorf("oidc issuer %s: %w", issuer, err)
+	s := &oidcSource{issuer: issuer, audience: audience, timeout: timeout, client: &http.Client{Timeout: 10 * time.Second}}
+	if err := s.connect(ctx); err != nil {
+		log.Warn("oidc issuer not reachable; oidc requests get 503 and the gateway is not ready until it is", "issuer", issuer, "err", err.Error())
+		go s.retry(ctx, log)
 	}
-	v := p.Verifier(&oidc.Config{
-		ClientID: audience,
+	return s, nil
+}
+
+// connect fetches the discovery document and installs the verifier.
+func (s *oidcSource) connect(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	// The provider's JWKS fetches outlive this call: their client, not ctx.
+	p, err := oidc.NewProvider(oidc.ClientContext(ctx, s.client), s.issuer)
+	if err != nil {
+		return fmt.Errorf("oidc issuer %s: %w", s.issuer, err)
+	}
+	s.verifier.Store(p.VerifierContext(oidc.ClientContext(context.Background(), s.client), &oidc.Config{
+		ClientID: s.audience,
 		SupportedSigningAlgs: []string{oidc.RS256, oidc.RS384, oidc.RS512, oidc.ES256, oidc.ES384, oidc.ES512,
 			oidc.PS256, oidc.PS384, oidc.PS512, oidc.EdDSA},
-	})
-	return &oidcSource{verifier: v, timeout: timeout}, nil
+	}))
+	return nil
+}
+
+// retry connects until it succeeds or ctx ends.
+func (s *oidcSource) retry(ctx context.Context, log *slog.Logger) {
+	wait := time.Second
+	for {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		err := s.connect(ctx)
+		if err == nil {
+			log.Info("oidc issuer reached; oidc requests are judged", "issuer", s.issuer)
+			return
+		}
+		log.Warn("oidc issuer still not reachable", "issuer", s.issuer, "err", err.Error(), "retry_in", (2 * wait).String())
+		wait = min(2*wait, 30*time.Second)
+	}
+}
+
+// Ready implements Readier.
+func (s *oidcSource) Ready() (bool, string) {
+	if s.verifier.Load() == nil {
+		return false, "oidc issuer " + s.issuer
+	}
+	return true, ""
 }
 
 func (s *oidcSource) Identify(r Request) (Identity, error) {
@@ -176,9 +241,13 @@ func (s *oidcSource) Identify(r Request) (Identity, error) {
 	if !ok || !strings.EqualFold(scheme, "Bearer") || raw == "" {
 		return Identity{}, ErrNoIdentity
 	}
+	v := s.verifier.Load()
+	if v == nil {
+		return Identity{}, ErrUnavailable
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
 	defer cancel()
-	tok, err := s.verifier.Verify(ctx, strings.TrimSpace(raw))
+	tok, err := v.Verify(ctx, strings.TrimSpace(raw))
 	if err != nil {
 		return Identity{}, fmt.Errorf("%w: %v", ErrNoIdentity, err)
 	}
