@@ -26,6 +26,9 @@ var (
 	ErrIntegrity = errors.New("integrity check failed")
 	// ErrInvalidURI: the key URI is malformed or names an unknown scheme.
 	ErrInvalidURI = errors.New("invalid key URI")
+	// ErrConfig: the backend's own settings (its environment variables,
+	// such as VAULT_ADDR) cannot work; the message names the setting.
+	ErrConfig = errors.New("invalid backend setting")
 )
 
 // kinds lists the typed errors with their short names, most specific first.
@@ -41,6 +44,7 @@ var kinds = []struct {
 	{ErrDisabled, "disabled"},
 	{ErrKeyType, "key_type"},
 	{ErrInvalidURI, "invalid_uri"},
+	{ErrConfig, "config"},
 }
 
 // Kind returns the short name of the typed error err wraps ("throttled",

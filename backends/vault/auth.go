@@ -113,7 +113,7 @@ func newAuthenticator(client *api.Client, log *slog.Logger, cfg authConfig) (*au
 		}
 	case "kubernetes":
 		if cfg.Role == "" {
-			return nil, fmt.Errorf("%w: %s=kubernetes needs %s (the Vault role)", backends.ErrInvalidURI, EnvAuth, EnvRole)
+			return nil, fmt.Errorf("%w: %s=kubernetes needs %s (the Vault role)", backends.ErrConfig, EnvAuth, EnvRole)
 		}
 		path := cfg.K8sTokenPath
 		if path == "" {
@@ -134,7 +134,7 @@ func newAuthenticator(client *api.Client, log *slog.Logger, cfg authConfig) (*au
 		}
 	case "approle":
 		if cfg.RoleID == "" || cfg.SecretIDFile == "" {
-			return nil, fmt.Errorf("%w: %s=approle needs %s and %s", backends.ErrInvalidURI, EnvAuth, EnvRoleID, EnvSecretIDFile)
+			return nil, fmt.Errorf("%w: %s=approle needs %s and %s", backends.ErrConfig, EnvAuth, EnvRoleID, EnvSecretIDFile)
 		}
 		mount := cfg.Mount
 		if mount == "" {
@@ -148,7 +148,7 @@ func newAuthenticator(client *api.Client, log *slog.Logger, cfg authConfig) (*au
 			return m.Login(ctx, c)
 		}
 	default:
-		return nil, fmt.Errorf("%w: %s=%q: want token, kubernetes or approle", backends.ErrInvalidURI, EnvAuth, cfg.Method)
+		return nil, fmt.Errorf("%w: %s=%q: want token, kubernetes or approle", backends.ErrConfig, EnvAuth, cfg.Method)
 	}
 	if a.login != nil {
 		// Only the login token is sent, never one left in VAULT_TOKEN.

@@ -190,10 +190,10 @@ func TestAuthConfig(t *testing.T) {
 		why  string
 	}{
 		{authConfig{}, backends.ErrPermission, "VAULT_TOKEN is unset"},
-		{authConfig{Method: "ldap"}, backends.ErrInvalidURI, EnvAuth},
-		{authConfig{Method: "kubernetes"}, backends.ErrInvalidURI, EnvRole},
-		{authConfig{Method: "approle", RoleID: "r"}, backends.ErrInvalidURI, EnvSecretIDFile},
-		{authConfig{Method: "approle", SecretIDFile: "/x"}, backends.ErrInvalidURI, EnvRoleID},
+		{authConfig{Method: "ldap"}, backends.ErrConfig, EnvAuth},
+		{authConfig{Method: "kubernetes"}, backends.ErrConfig, EnvRole},
+		{authConfig{Method: "approle", RoleID: "r"}, backends.ErrConfig, EnvSecretIDFile},
+		{authConfig{Method: "approle", SecretIDFile: "/x"}, backends.ErrConfig, EnvRoleID},
 	}
 	for _, c := range cases {
 		_, err := newAuthenticator(client, nil, c.cfg)

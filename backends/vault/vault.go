@@ -67,6 +67,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"sync"
 	"time"
 
@@ -158,9 +159,14 @@ func Open(ctx context.Context, u *url.URL, opts backends.Options) (backends.Back
 // newClient returns a Vault client configured from the standard environment,
 // without the library's own retries and without response wrapping.
 func newClient() (*api.Client, error) {
+	if addr := os.Getenv(api.EnvVaultAddress); addr != "" {
+		if u, err := url.Parse(addr); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("%w: VAULT_ADDR %q must be a URL with a scheme and host, such as https://127.0.0.1:8200", backends.ErrConfig, addr)
+		}
+	}
 	cfg := api.DefaultConfig()
 	if cfg.Error != nil {
-		return nil, fmt.Errorf("%w: read the Vault environment (VAULT_ADDR, VAULT_CACERT, …): %v", backends.ErrInvalidURI, cfg.Error)
+		return nil, fmt.Errorf("%w: the Vault environment (VAULT_ADDR, VAULT_CACERT, VAULT_CAPATH, …): %v", backends.ErrConfig, cfg.Error)
 	}
 	cfg.MaxRetries = 0
 	// No client-wide timeout (VAULT_CLIENT_TIMEOUT): every call carries its
@@ -178,7 +184,7 @@ func newClient() (*api.Client, error) {
 	cfg.CloneHeaders = true
 	client, err := api.NewClient(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("%w: create the Vault client: %v", backends.ErrInvalidURI, err)
+		return nil, fmt.Errorf("%w: create the Vault client from the VAULT_* environment: %v", backends.ErrConfig, err)
 	}
 	noWrapping(client)
 	return client, nil

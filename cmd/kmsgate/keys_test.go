@@ -84,3 +84,12 @@ func TestUnknownVariableWarns(t *testing.T) {
 		}
 	}
 }
+
+// TestVaultAddrWithoutScheme: a VAULT_ADDR without a scheme is reported as
+// what it is, naming the variable, not as an invalid key URI.
+func TestVaultAddrWithoutScheme(t *testing.T) {
+	_, errOut, code := run(t, []string{"VAULT_ADDR=127.0.0.1:8200", "VAULT_TOKEN=x"}, "keys", "--key", "hashivault://k")
+	if code != 1 || !strings.Contains(errOut, `VAULT_ADDR "127.0.0.1:8200" must be a URL with a scheme and host`) || strings.Contains(errOut, "invalid key URI") {
+		t.Errorf("exit %d, stderr %s", code, errOut)
+	}
+}

@@ -204,7 +204,7 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 		// A key of the wrong type, or a URI that names nothing, will not
 		// fix itself: refuse to start. Anything else (a backend that is
 		// down) is retried in the background while /readyz says 503.
-		if errors.Is(err, backends.ErrKeyType) || errors.Is(err, backends.ErrInvalidURI) || errors.Is(err, backends.ErrNotFound) {
+		if errors.Is(err, backends.ErrKeyType) || errors.Is(err, backends.ErrInvalidURI) || errors.Is(err, backends.ErrConfig) || errors.Is(err, backends.ErrNotFound) {
 			return err
 		}
 		log.Warn("starting unready; the key URIs that did not load are retried in the background (readiness on the admin port says which)")
