@@ -465,9 +465,9 @@ func TestConfigRefused(t *testing.T) {
 		"bad pattern": {func(c *gateway.Config) {
 			c.Clients = []gateway.Client{{Name: "a", TokenSHA256: tokenHash("x"), Audiences: []string{"*"}, Subjects: []string{"["}, MaxTTL: time.Minute}}
 		}, "subject pattern"},
-		"no max_ttl": {func(c *gateway.Config) {
+		"no max-ttl": {func(c *gateway.Config) {
 			c.Clients = []gateway.Client{{Name: "a", TokenSHA256: tokenHash("x"), Audiences: []string{"*"}, Subjects: []string{"*"}}}
-		}, "max_ttl"},
+		}, "max-ttl"},
 		"duplicate clients": {func(c *gateway.Config) {
 			cl := gateway.Client{Name: "a", TokenSHA256: tokenHash("x"), Audiences: []string{"*"}, Subjects: []string{"*"}, MaxTTL: time.Minute}
 			c.Clients = []gateway.Client{cl, cl}

@@ -134,10 +134,10 @@ HASH=$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)
 cat > "$W/kmsgate.yaml" <<CONF
 clients:
   - name: bench
-    token_sha256: $HASH
+    token-sha256: $HASH
     audiences: ["*"]
     subjects: ["*"]
-    max_ttl: 1h
+    max-ttl: 1h
 CONF
 "$W/kmsgate" serve --listen "127.0.0.1:$KG_PORT" --admin-listen "127.0.0.1:$KG_ADMIN_PORT" --issuer "http://127.0.0.1:$KG_PORT" \
   --key "file://$W/key.pem" --config "$W/kmsgate.yaml" --log-level warn \

@@ -110,7 +110,7 @@ func TestServeRefusesWrongKeyType(t *testing.T) {
 	bin := backendtest.Binary(t)
 	cfg := filepath.Join(t.TempDir(), "kmsgate.yaml")
 	sum := sha256.Sum256([]byte("unused"))
-	conf := fmt.Sprintf("clients:\n  - name: e2e\n    token_sha256: %s\n    audiences: [\"*\"]\n    subjects: [\"*\"]\n    max_ttl: 1h\n", hex.EncodeToString(sum[:]))
+	conf := fmt.Sprintf("clients:\n  - name: e2e\n    token-sha256: %s\n    audiences: [\"*\"]\n    subjects: [\"*\"]\n    max-ttl: 1h\n", hex.EncodeToString(sum[:]))
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -63,7 +63,7 @@ type Gateway struct {
 	// AdminURL is the admin port's base URL (/metrics, /healthz, /readyz).
 	AdminURL string
 	// Token is the bearer token of the client "e2e" (any audience and
-	// subject, max_ttl 1h) that StartGateway puts in the config.
+	// subject, max-ttl 1h) that StartGateway puts in the config.
 	Token string
 	// Client talks to the gateway (with TLS settings when given).
 	Client *http.Client
@@ -115,7 +115,7 @@ func StartGatewayNoWait(t testing.TB, extraConfig string, args ...string) *Gatew
 	token := fmt.Sprintf("e2e-token-%d-%d", port, time.Now().UnixNano())
 	sum := sha256.Sum256([]byte(token))
 	cfg := filepath.Join(t.TempDir(), "kmsgate.yaml")
-	conf := fmt.Sprintf("clients:\n  - name: e2e\n    token_sha256: %s\n    audiences: [\"*\"]\n    subjects: [\"*\"]\n    max_ttl: 1h\n    claims: [\"*\"]\n%s", hex.EncodeToString(sum[:]), extraConfig)
+	conf := fmt.Sprintf("clients:\n  - name: e2e\n    token-sha256: %s\n    audiences: [\"*\"]\n    subjects: [\"*\"]\n    max-ttl: 1h\n    claims: [\"*\"]\n%s", hex.EncodeToString(sum[:]), extraConfig)
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -1,29 +1,52 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
+	"reflect"
+	"regexp"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
+
+	"github.com/kmsgate/kmsgate/gateway"
 )
 
 // configSections are the structured top-level keys of the config file that
 // are not flags; the gateway decodes them itself.
 var configSections = map[string]bool{"clients": true, "routes": true, "oidc": true}
 
-// fileConfig is a parsed --config file: flag values by flag name, and the
-// raw YAML for the structured sections.
+// fileConfig is a parsed --config file: flag values by flag name, the YAML
+// for the structured sections (keys in kebab-case), and warnings about
+// deprecated spellings to log.
 type fileConfig struct {
-	values map[string]any
-	raw    []byte
+	values   map[string]any
+	raw      []byte
+	warnings []string
+}
+
+// sectionKeys are the keys each entry of a structured section may have,
+// from the yaml tags of the types it decodes into.
+var sectionKeys = map[string][]string{
+	"clients": yamlKeys(gateway.Client{}),
+	"routes":  yamlKeys(gateway.Route{}),
+}
+
+// yamlKeys returns the yaml keys of a struct's fields.
+func yamlKeys(v any) []string {
+	var keys []string
+	t := reflect.TypeOf(v)
+	for i := 0; i < t.NumField(); i++ {
+		if k, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ","); k != "" && k != "-" {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 // envName is the environment variable of a flag: KMSGATE_ and the flag name
@@ -32,29 +55,92 @@ func envName(flag string) string {
 	return "KMSGATE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
-// loadConfig reads the YAML file at path. Unknown keys are an error naming
-// the key, so that a typo never silently falls back to a default.
+// loadConfig reads the YAML file at path. Keys are kebab-case at every
+// level, as the flags are (kid-format, token-sha256, max-ttl); snake_case
+// spellings are accepted with a deprecation warning. Unknown keys are an
+// error naming the key and its line, so that a typo never silently falls
+// back to a default.
 func loadConfig(path string, known map[string]bool) (*fileConfig, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	values := map[string]any{}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&values); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("config %s: %w", path, err)
+	cfg := &fileConfig{values: map[string]any{}}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, usagef("config %s: %s", path, yamlError(err))
+	}
+	if len(doc.Content) == 0 {
+		return cfg, nil // an empty file
+	}
+	top := doc.Content[0]
+	if top.Kind != yaml.MappingNode {
+		return nil, usagef("config %s: line %d: want a mapping of keys (such as kid-format: hex) at the top", path, top.Line)
 	}
 	var unknown []string
-	for k := range values {
-		if !known[k] && !configSections[k] {
-			unknown = append(unknown, k)
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		k, v := top.Content[i], top.Content[i+1]
+		cfg.respell(path, k, "")
+		if !known[k.Value] && !configSections[k.Value] {
+			unknown = append(unknown, fmt.Sprintf("%q (line %d)", k.Value, k.Line))
+			continue
+		}
+		allowed, ok := sectionKeys[k.Value]
+		if !ok {
+			continue
+		}
+		if v.Kind != yaml.SequenceNode {
+			return nil, usagef("config %s: line %d: %s must be a list", path, v.Line, k.Value)
+		}
+		for n, entry := range v.Content {
+			if entry.Kind != yaml.MappingNode {
+				return nil, usagef("config %s: line %d: %s entry %d must be a mapping", path, entry.Line, k.Value, n+1)
+			}
+			for j := 0; j+1 < len(entry.Content); j += 2 {
+				ek := entry.Content[j]
+				cfg.respell(path, ek, k.Value+": ")
+				if !slices.Contains(allowed, ek.Value) {
+					unknown = append(unknown, fmt.Sprintf("%q in %s entry %d (line %d; known: %s)", ek.Value, k.Value, n+1, ek.Line, strings.Join(allowed, ", ")))
+				}
+			}
 		}
 	}
 	if len(unknown) > 0 {
-		sort.Strings(unknown)
 		return nil, usagef("config %s: unknown key(s) %s", path, strings.Join(unknown, ", "))
 	}
-	return &fileConfig{values: values, raw: data}, nil
+	if err := top.Decode(&cfg.values); err != nil {
+		return nil, usagef("config %s: %s", path, yamlError(err))
+	}
+	if cfg.raw, err = yaml.Marshal(top); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// respell turns a snake_case key into kebab-case, recording a deprecation
+// warning.
+func (c *fileConfig) respell(path string, k *yaml.Node, where string) {
+	if !strings.Contains(k.Value, "_") {
+		return
+	}
+	kebab := strings.ReplaceAll(k.Value, "_", "-")
+	c.warnings = append(c.warnings, fmt.Sprintf("config %s line %d: %s%s is deprecated; write %s (keys are kebab-case, like the flags)", path, k.Line, where, k.Value, kebab))
+	k.Value = kebab
+}
+
+// yamlError describes a YAML decoding error in the user's words: the
+// types it names are Go's, which a config file author need not know.
+func yamlError(err error) string {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	for goType, words := range map[string]string{
+		"time.Duration": "a duration such as 15m", "[]string": "a list", "map[string]interface {}": "a mapping",
+		"string": "a text", "int": "a whole number", "int64": "a whole number", "float64": "a number", "bool": "true or false",
+	} {
+		msg = strings.ReplaceAll(msg, " into "+goType, ", want "+words)
+	}
+	msg = regexp.MustCompile(` into [\w.\[\]*]+`).ReplaceAllString(msg, "")
+	msg = regexp.MustCompile(` in type [\w.]+`).ReplaceAllString(msg, "")
+	return strings.ReplaceAll(msg, "unmarshal errors:\n  ", "")
 }
 
 // flagNames returns the names of every flag of cmd and its descendants.

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -91,5 +92,40 @@ func TestVaultAddrWithoutScheme(t *testing.T) {
 	_, errOut, code := run(t, []string{"VAULT_ADDR=127.0.0.1:8200", "VAULT_TOKEN=x"}, "keys", "--key", "hashivault://k")
 	if code != 1 || !strings.Contains(errOut, `VAULT_ADDR "127.0.0.1:8200" must be a URL with a scheme and host`) || strings.Contains(errOut, "invalid key URI") {
 		t.Errorf("exit %d, stderr %s", code, errOut)
+	}
+}
+
+// TestConfigKeySpelling: config keys are kebab-case at every level; the
+// snake_case spellings still work with a deprecation warning; unknown keys
+// are named with their line and the known ones; decode errors speak of
+// values, not Go types.
+func TestConfigKeySpelling(t *testing.T) {
+	key := writeFile(t, "k.pem", genkey(t))
+	snake := writeFile(t, "snake.yaml", "kid_format: hex\nkey: [\"file://"+key+"\"]\nclients:\n  - name: a\n    token_sha256: "+strings.Repeat("ab", 32)+"\n    audiences: [x]\n    subjects: [x]\n    max_ttl: 5m\n")
+	out, errOut, code := run(t, nil, "keys", "--json", "--config", snake)
+	if code != 0 || !regexp.MustCompile(`"kid": "[0-9a-f]{64}"`).MatchString(out) {
+		t.Fatalf("snake_case config: %d %s %s", code, out, errOut)
+	}
+	for _, want := range []string{"line 1: kid_format is deprecated; write kid-format", "line 5: clients: token_sha256 is deprecated; write token-sha256", "line 8: clients: max_ttl is deprecated; write max-ttl"} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("no deprecation warning %q in:\n%s", want, errOut)
+		}
+	}
+	for name, c := range map[string]struct{ yaml, want string }{
+		"unknown nested": {"clients:\n  - name: a\n    token: x\n", `unknown key(s) "token" in clients entry 1 (line 3; known: audiences, cert-subject, claims, max-ttl, name, subjects, token-sha256)`},
+		"unknown top":    {"kid-fromat: hex\n", `unknown key(s) "kid-fromat" (line 1)`},
+		"bad duration":   {"issuer: https://x\nkey: [\"file://" + key + "\"]\nclients:\n  - name: a\n    token-sha256: x\n    audiences: [x]\n    subjects: [x]\n    max-ttl: soon\n", "want a duration such as 15m"},
+		"not a mapping":  {"- a\n- b\n", "want a mapping of keys"},
+	} {
+		path := writeFile(t, "bad.yaml", c.yaml)
+		_, errOut, code := run(t, nil, "serve", "--config", path, "--listen", "127.0.0.1:0")
+		if code != 2 || !strings.Contains(errOut, c.want) {
+			t.Errorf("%s: exit %d, stderr %q; want 2 and %q", name, code, errOut, c.want)
+		}
+		for _, goType := range []string{"time.Duration", "map[string]interface", "gateway.Client", "core.Client"} {
+			if strings.Contains(errOut, goType) {
+				t.Errorf("%s: a Go type in the error: %s", name, errOut)
+			}
+		}
 	}
 }

@@ -53,6 +53,11 @@ func newRootCmd() *cobra.Command {
 		for _, w := range unknownVariables(os.Environ(), known) {
 			slog.Warn(w)
 		}
+		if cfg != nil {
+			for _, w := range cfg.warnings {
+				slog.Warn(w)
+			}
+		}
 		cmd.SetContext(context.WithValue(cmd.Context(), configKey{}, cfg))
 		return nil
 	}

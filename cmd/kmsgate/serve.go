@@ -127,7 +127,7 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 		dec := yaml.NewDecoder(bytes.NewReader(cfg.raw))
 		dec.KnownFields(true)
 		if err := dec.Decode(&sections); err != nil && !errors.Is(err, io.EOF) {
-			return usagef("config: %v", err)
+			return usagef("config: %s", yamlError(err))
 		}
 	}
 	if err := preflight(sf, &sections); err != nil {

@@ -161,7 +161,7 @@ func newTestPKI(t *testing.T) *testPKI {
 func TestServeTLSAndClientCertificates(t *testing.T) {
 	pki := newTestPKI(t)
 	keys := writeFile(t, "keys.pem", genkey(t))
-	extra := "  - name: batch\n    cert_subject: CN=batch,O=Example\n    audiences: [reports]\n    subjects: [batch]\n    max_ttl: 5m\n"
+	extra := "  - name: batch\n    cert-subject: CN=batch,O=Example\n    audiences: [reports]\n    subjects: [batch]\n    max-ttl: 5m\n"
 	g := backendtest.StartGatewayNoWait(t, extra, "--key", "file://"+keys, "--tls-cert", pki.certFile, "--tls-key", pki.keyFile, "--tls-client-ca", pki.caFile)
 	g.UseTLS(&tls.Config{RootCAs: pki.roots})
 	g.WaitReady(t, 30*time.Second)

@@ -18,16 +18,16 @@ type Client struct {
 	// Name identifies the client in logs and metrics.
 	Name string `yaml:"name"`
 	// TokenSHA256 is the hex SHA-256 of the client's bearer token.
-	TokenSHA256 string `yaml:"token_sha256"`
+	TokenSHA256 string `yaml:"token-sha256"`
 	// CertSubject is the subject of the client's TLS certificate, in
 	// x509 pkix.Name.String form ("CN=billing,O=Example").
-	CertSubject string `yaml:"cert_subject"`
+	CertSubject string `yaml:"cert-subject"`
 	// Audiences the client may put in aud; "*" allows any.
 	Audiences []string `yaml:"audiences"`
 	// Subjects are path.Match patterns sub must match ("svc-*", "*").
 	Subjects []string `yaml:"subjects"`
 	// MaxTTL is the longest lifetime the client may ask for.
-	MaxTTL time.Duration `yaml:"max_ttl"`
+	MaxTTL time.Duration `yaml:"max-ttl"`
 	// Claims are the names of the extra claims the client may set; "*"
 	// allows any except the reserved ones.
 	Claims []string `yaml:"claims"`
@@ -41,12 +41,12 @@ func (c *Client) validate() error {
 		return fmt.Errorf("client without a name")
 	}
 	if (c.TokenSHA256 == "") == (c.CertSubject == "") {
-		return fmt.Errorf("client %q: give exactly one of token_sha256 and cert_subject", c.Name)
+		return fmt.Errorf("client %q: give exactly one of token-sha256 and cert-subject", c.Name)
 	}
 	if c.TokenSHA256 != "" {
 		h, err := hex.DecodeString(c.TokenSHA256)
 		if err != nil || len(h) != sha256.Size {
-			return fmt.Errorf("client %q: token_sha256 must be 64 hex characters (the SHA-256 of the token)", c.Name)
+			return fmt.Errorf("client %q: token-sha256 must be 64 hex characters (the SHA-256 of the token)", c.Name)
 		}
 		c.tokenHash = h
 	}
@@ -62,7 +62,7 @@ func (c *Client) validate() error {
 		}
 	}
 	if c.MaxTTL <= 0 {
-		return fmt.Errorf("client %q: max_ttl must be positive (e.g. 15m)", c.Name)
+		return fmt.Errorf("client %q: max-ttl must be positive (e.g. 15m)", c.Name)
 	}
 	return nil
 }

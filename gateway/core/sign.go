@@ -26,7 +26,7 @@ type signRequest struct {
 	// Claims are the token's claims; sub and aud are required.
 	Claims map[string]any `json:"claims"`
 	// TTL is the lifetime, a Go duration ("5m") or seconds; default 5m,
-	// capped by the client's max_ttl.
+	// capped by the client's max-ttl.
 	TTL json.RawMessage `json:"ttl"`
 }
 
@@ -110,7 +110,7 @@ func (c *Core) sign(ctx context.Context, client *Client, body []byte, remote net
 		return refuse(http.StatusBadRequest, "malformed", err.Error())
 	}
 	if ttl > client.MaxTTL {
-		return refuse(http.StatusForbidden, "ttl_not_allowed", fmt.Sprintf("ttl %s is longer than this client's max_ttl %s", ttl, client.MaxTTL))
+		return refuse(http.StatusForbidden, "ttl_not_allowed", fmt.Sprintf("ttl %s is longer than this client's max-ttl %s", ttl, client.MaxTTL))
 	}
 	for name := range req.Claims {
 		for _, reserved := range jwks.Reserved {
