@@ -57,7 +57,7 @@ func openFile(_ context.Context, u *url.URL, _ backends.Options) (backends.Backe
 		}
 		path = abs
 	case u.Host != "" && u.Host != "localhost":
-		return nil, fmt.Errorf("pem: %s: %w: %q would be a host; write file:///absolute/path.pem, or file:%s%s for a path relative to the working directory", u, backends.ErrInvalidURI, u.Host, u.Host, u.Path)
+		return nil, fmt.Errorf("pem: %s: %w: %q would be a host; write an absolute path as file:///path/keys.pem, or file:%s%s for a path relative to the working directory", u, backends.ErrInvalidURI, u.Host, u.Host, u.Path)
 	case path == "":
 		return nil, fmt.Errorf("pem: %s: %w: no path", u, backends.ErrInvalidURI)
 	}
