@@ -83,7 +83,7 @@ func New(ctx context.Context, cfg Config, kr *jwks.Keyring, m *Metrics) (*Server
 // RouteSummary describes the upstream routes in matching order, for the
 // start-up log: "host/path -> upstream (identity)".
 func (s *Server) RouteSummary() []string {
-	var out []string
+	out := []string{}
 	for _, r := range s.core.Routes() {
 		host := r.Host
 		if host == "" {
