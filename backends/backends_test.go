@@ -26,6 +26,11 @@ func encodeDER(r, s *big.Int) ([]byte, error) {
 
 func TestOpenUnknownScheme(t *testing.T) {
 	Register("testscheme", func(context.Context, *url.URL, Options) (Backend, error) { return nil, errors.New("opened") })
+	t.Cleanup(func() { // so that the test can run again (go test -count=2)
+		registryMu.Lock()
+		delete(registry, "testscheme")
+		registryMu.Unlock()
+	})
 	_, err := Open(context.Background(), "nosuch://x", Options{})
 	if !errors.Is(err, ErrInvalidURI) || !strings.Contains(err.Error(), `unknown scheme "nosuch"`) || !strings.Contains(err.Error(), "testscheme") {
 		t.Fatalf("unknown scheme: %v", err)
