@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -508,8 +509,17 @@ func TestGracefulShutdown(t *testing.T) {
 		resp.Body.Close()
 		done <- result{resp.StatusCode, nil}
 	}()
-	time.Sleep(50 * time.Millisecond) // the request is in flight
-	cancel()                          // SIGTERM
+	// The request is in flight once the backend has been asked to sign
+	// (it takes 200 ms to answer).
+	for e.fake.Signs.Load() == 0 {
+		select {
+		case r := <-done:
+			t.Fatalf("the request ended before it reached the backend: %d %v", r.status, r.err)
+		default:
+			runtime.Gosched()
+		}
+	}
+	cancel() // SIGTERM
 	r := <-done
 	if r.err != nil || r.status != 200 {
 		t.Fatalf("in-flight request: %d %v", r.status, r.err)
