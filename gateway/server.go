@@ -59,12 +59,15 @@ const (
 	SourceClientCert       = identity.SourceClientCert
 )
 
+// IdentityProblems lists what keeps a proxy configuration's identity
+// sources from working (see core.IdentityProblems).
+func IdentityProblems(pc ProxyConfig) []string { return core.IdentityProblems(pc) }
+
 // Server is the gateway: the public server and the admin handler over one
 // core.
 type Server struct {
 	core  *core.Core
 	front *front.Server
-	cfg   Config
 }
 
 // New validates cfg and builds the server over a keyring. m may be nil. ctx
@@ -74,10 +77,7 @@ func New(ctx context.Context, cfg Config, kr *jwks.Keyring, m *Metrics) (*Server
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	if cfg.MaxBody <= 0 {
-		cfg.MaxBody = 64 << 10
-	}
-	return &Server{core: c, front: front.New(c, cfg.MaxBody), cfg: cfg}, nil
+	return &Server{core: c, front: front.New(c)}, nil
 }
 
 // RouteSummary describes the upstream routes in matching order, for the

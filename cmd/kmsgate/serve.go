@@ -240,7 +240,7 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "admin", adminAddr, "issuer", sf.issuer,
 		"key_uris", uris, "published", len(st.Plan.Keys), "active_kid", kr.ActiveKID(), "ready", st.Ready,
-		"identity", dashIfEmpty(sf.proxy.Identity), "routes", srv.RouteSummary(), "audit_log", sf.auditLog)
+		"identity", dash(sf.proxy.Identity), "routes", srv.RouteSummary(), "audit_log", sf.auditLog)
 	if sf.dev {
 		admin := "(no admin port)"
 		if adminLn != nil {
@@ -262,13 +262,6 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 	err = srv.Serve(ctx, ln, tlsCfg, sf.grace)
 	stop()
 	return errors.Join(err, <-adminDone)
-}
-
-func dashIfEmpty(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
 
 // reachable returns host:port of a listening address as a client on this
@@ -318,38 +311,30 @@ func preflight(sf *serveFlags, sections *configSectionsFile) error {
 	if sf.tlsClientCA != "" && sf.tlsCert == "" {
 		add("--tls-client-ca needs --tls-cert and --tls-key")
 	}
+	pc := sf.proxy
+	pc.Routes, pc.TrustedProxies = sections.Routes, nil
 	for _, t := range sf.trusted {
-		if _, err := parsePrefix(t); err != nil {
+		pfx, err := parsePrefix(t)
+		if err != nil {
 			add("--trusted-proxy %q: %v", t, err)
+			continue
 		}
+		pc.TrustedProxies = append(pc.TrustedProxies, pfx)
 	}
-	// The identity sources in use, and what each needs.
-	uses := map[string][]string{}
-	if sf.proxy.Identity != "" {
-		uses[sf.proxy.Identity] = append(uses[sf.proxy.Identity], "--identity")
-	}
-	for i, r := range sections.Routes {
-		if r.Identity != "" {
-			uses[r.Identity] = append(uses[r.Identity], fmt.Sprintf("route %d", i+1))
+	p = append(p, gateway.IdentityProblems(pc)...)
+	// Only here is TLS known: client certificates need it, with a CA.
+	if sf.tlsCert == "" || sf.tlsClientCA == "" {
+		var where []string
+		if pc.Identity == gateway.SourceClientCert {
+			where = append(where, "--identity")
 		}
-	}
-	for src, where := range uses {
-		by := strings.Join(where, ", ")
-		switch src {
-		case gateway.SourceClientCert:
-			if sf.tlsCert == "" || sf.tlsClientCA == "" {
-				add("identity client-cert (%s) needs TLS that asks for client certificates: --tls-cert, --tls-key and --tls-client-ca", by)
+		for i, r := range pc.Routes {
+			if r.Identity == gateway.SourceClientCert {
+				where = append(where, fmt.Sprintf("route %d", i+1))
 			}
-		case gateway.SourceHeaders:
-			if len(sf.trusted) == 0 {
-				add("identity headers (%s) needs --trusted-proxy: the addresses of the authenticating proxy in front, the only peers whose identity headers count", by)
-			}
-		case gateway.SourceOIDC:
-			if sf.proxy.OIDCIssuer == "" || sf.proxy.OIDCAudience == "" {
-				add("identity oidc (%s) needs --oidc-issuer and --oidc-audience", by)
-			}
-		default:
-			add("identity %q (%s): want headers, oidc or client-cert", src, by)
+		}
+		if len(where) > 0 {
+			add("identity client-cert (%s) needs TLS that asks for client certificates: --tls-cert, --tls-key and --tls-client-ca", strings.Join(where, ", "))
 		}
 	}
 	slices.Sort(p)

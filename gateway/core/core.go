@@ -209,6 +209,42 @@ func New(ctx context.Context, cfg Config, kr *jwks.Keyring, m *metrics.Metrics) 
 	return c, nil
 }
 
+// IdentityProblems lists what keeps the identity sources a proxy
+// configuration uses (--identity and each route's) from working, before
+// anything is opened: an unknown source, headers without --trusted-proxy,
+// oidc without its issuer and audience. Each problem names where the
+// source is used.
+func IdentityProblems(pc ProxyConfig) []string {
+	uses := map[string][]string{}
+	if pc.Identity != "" {
+		uses[pc.Identity] = append(uses[pc.Identity], "--identity")
+	}
+	for i, r := range pc.Routes {
+		if r.Identity != "" {
+			uses[r.Identity] = append(uses[r.Identity], fmt.Sprintf("route %d", i+1))
+		}
+	}
+	var p []string
+	for src, where := range uses {
+		by := strings.Join(where, ", ")
+		switch src {
+		case identity.SourceHeaders:
+			if len(pc.TrustedProxies) == 0 {
+				p = append(p, fmt.Sprintf("identity headers (%s) needs --trusted-proxy: the addresses of the authenticating proxy in front, the only peers whose identity headers count", by))
+			}
+		case identity.SourceOIDC:
+			if pc.OIDCIssuer == "" || pc.OIDCAudience == "" {
+				p = append(p, fmt.Sprintf("identity oidc (%s) needs --oidc-issuer and --oidc-audience", by))
+			}
+		case identity.SourceClientCert:
+		default:
+			p = append(p, fmt.Sprintf("identity %q (%s): want headers, oidc or client-cert", src, by))
+		}
+	}
+	slices.Sort(p)
+	return p
+}
+
 // checkIssuer checks the issuer, which is used exactly as written (a final
 // slash included: verifiers compare it byte for byte), and returns its
 // path without a final slash ("" for an issuer at the root).
@@ -228,6 +264,9 @@ func checkIssuer(iss string) (string, error) {
 
 // Metrics returns the core's metrics.
 func (c *Core) Metrics() *metrics.Metrics { return c.metrics }
+
+// MaxBody is the largest request body the core reads (--max-body).
+func (c *Core) MaxBody() int64 { return c.cfg.MaxBody }
 
 // Logger returns the core's logger.
 func (c *Core) Logger() *slog.Logger { return c.log }
@@ -316,15 +355,15 @@ func (c *Core) buildProxy(ctx context.Context) (*proxyState, error) {
 		}
 		names = append(names, r.Identity)
 	}
+	if problems := IdentityProblems(pc); len(problems) > 0 {
+		return nil, errors.New(strings.Join(problems, "; "))
+	}
 	for _, n := range names {
 		if _, done := p.sources[n]; done {
 			continue
 		}
 		switch n {
 		case identity.SourceHeaders:
-			if len(pc.TrustedProxies) == 0 {
-				return nil, errors.New("the headers identity source needs --trusted-proxy (the addresses of the authenticating proxy in front)")
-			}
 			p.sources[n] = identity.NewHeaderSource(pc.TrustedProxies)
 		case identity.SourceOIDC:
 			src, err := identity.NewOIDCSource(ctx, pc.OIDCIssuer, pc.OIDCAudience, c.cfg.RequestTimeout, c.log)
@@ -334,8 +373,6 @@ func (c *Core) buildProxy(ctx context.Context) (*proxyState, error) {
 			p.sources[n] = src
 		case identity.SourceClientCert:
 			p.sources[n] = identity.NewCertSource()
-		default:
-			return nil, fmt.Errorf("identity source %q: want headers, oidc or client-cert", n)
 		}
 	}
 	p.rules.Prepare()

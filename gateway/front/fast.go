@@ -373,7 +373,7 @@ func (f *fastFront) forward(ctx *fasthttp.RequestCtx, a *core.Answer, up *fastht
 		}
 		resp.SetBodyRaw(body)
 	}
-	dropHeaders(&resp.Header, func(name string, conn []string) bool { return proxy.HopByHop(name, conn) })
+	dropHopHeaders(&resp.Header)
 	if clientClose {
 		resp.Header.SetConnectionClose()
 	} else {
@@ -445,13 +445,9 @@ func framing(name []byte) bool {
 	return bytes.EqualFold(name, strContentLength) || bytes.EqualFold(name, strTransferEncoding)
 }
 
-// dropHeaders deletes the headers for which drop is true; drop is given
-// the names the Connection header lists.
-func dropHeaders[H interface {
-	*fasthttp.RequestHeader | *fasthttp.ResponseHeader
-	PeekAll(key string) [][]byte
-	DelBytes(key []byte)
-}](h H, drop func(name string, conn []string) bool) {
+// dropHopHeaders deletes an upstream response's hop-by-hop headers, those
+// its Connection header names included.
+func dropHopHeaders(h *fasthttp.ResponseHeader) {
 	var conn []string
 	if vs := h.PeekAll("Connection"); len(vs) > 0 {
 		vals := make([]string, len(vs))
@@ -460,37 +456,14 @@ func dropHeaders[H interface {
 		}
 		conn = proxy.ConnectionTokens(vals)
 	}
-	var del [16][]byte
-	n := 0
-	var more [][]byte
-	each(h, func(k []byte) {
-		if drop(b2s(k), conn) {
-			if n < len(del) {
-				del[n] = append([]byte(nil), k...)
-				n++
-			} else {
-				more = append(more, append([]byte(nil), k...))
-			}
+	var del [][]byte
+	for k := range h.All() {
+		if proxy.HopByHop(b2s(k), conn) {
+			del = append(del, append([]byte(nil), k...))
 		}
-	})
-	for _, k := range append(del[:n], more...) {
-		h.DelBytes(k)
 	}
-}
-
-// each calls fn with every header name of h.
-func each[H interface {
-	*fasthttp.RequestHeader | *fasthttp.ResponseHeader
-}](h H, fn func(k []byte)) {
-	switch h := any(h).(type) {
-	case *fasthttp.RequestHeader:
-		for k := range h.All() {
-			fn(k)
-		}
-	case *fasthttp.ResponseHeader:
-		for k := range h.All() {
-			fn(k)
-		}
+	for _, k := range del {
+		h.DelBytes(k)
 	}
 }
 

@@ -36,14 +36,10 @@ const http2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // Server serves the public port: every connection is classified once (TLS
 // ALPN, or the HTTP/2 preface in cleartext) and handed to the HTTP/1.x or
 // the HTTP/2 server; both answer through the same core.
-type Server struct {
-	core    *core.Core
-	maxBody int64
-}
+type Server struct{ core *core.Core }
 
-// New returns the public server of a core; maxBody bounds the bodies the
-// HTTP/1.x server buffers.
-func New(c *core.Core, maxBody int64) *Server { return &Server{core: c, maxBody: maxBody} }
+// New returns the public server of a core.
+func New(c *core.Core) *Server { return &Server{core: c} }
 
 // Serve answers on ln until ctx ends, then shuts down gracefully: it stops
 // accepting connections and lets in-flight requests finish for up to grace.
@@ -59,7 +55,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, tlsCfg *tls.Config,
 	}
 	h1q, h2q := newConnQueue(ln.Addr()), newConnQueue(ln.Addr())
 	h2 := newStdFront(s.core).server(ctx)
-	fast := newFastFront(s.core, h2q).server(s.maxBody)
+	fast := newFastFront(s.core, h2q).server(s.core.MaxBody())
 	errc := make(chan error, 3)
 	go func() { errc <- fast.Serve(h1q) }()
 	go func() { errc <- h2.Serve(h2q) }()
@@ -167,7 +163,7 @@ type prefixedConn struct {
 	// handedOff marks a connection the HTTP/1.x server handed off after
 	// a WebSocket upgrade request.
 	handedOff bool
-	sc        *scratch
+	connScratch
 }
 
 // tlsConn is a TLS connection of the HTTP/1.x server, with its scratch
@@ -175,21 +171,17 @@ type prefixedConn struct {
 // through.
 type tlsConn struct {
 	*tls.Conn
-	sc *scratch
+	connScratch
 }
 
-func (c *tlsConn) scratch() *scratch {
+// connScratch is a connection's scratch space, made on first use.
+type connScratch struct{ sc *scratch }
+
+func (c *connScratch) scratch() *scratch {
 	if c.sc == nil {
 		c.sc = new(scratch)
 	}
 	return c.sc
-}
-
-func (p *prefixedConn) scratch() *scratch {
-	if p.sc == nil {
-		p.sc = new(scratch)
-	}
-	return p.sc
 }
 
 func (p *prefixedConn) Read(b []byte) (int, error) {
