@@ -35,7 +35,7 @@ func TestAuditTrail(t *testing.T) {
 	srv, err := gateway.New(context.Background(), gateway.Config{
 		Issuer: issuer, Prepublish: time.Hour, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Audit: audit.New(trail, func(err error) { t.Error(err) }),
 		Clients: []gateway.Client{{Name: "billing-svc", TokenSHA256: tokenHash(clientToken), Audiences: []string{"billing"}, Subjects: []string{"*"}, MaxTTL: time.Hour}},
-		Proxy:   gateway.ProxyConfig{Upstream: up.URL, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32")},
+		Proxy:   gateway.ProxyConfig{Policy: anyone, Upstream: up.URL, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32")},
 	}, kr, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +110,7 @@ func TestAuditTrail(t *testing.T) {
 				t.Errorf("assertion record %s", line)
 			}
 		case "forward-auth":
-			if r.Kind != "assertion" || r.Route != "forward-auth" || r.Sub != "carol" || r.Aud[0] != "wiki.example" {
+			if r.Kind != "assertion" || r.Route != "forward-auth --upstream" || r.Sub != "carol" || r.Aud[0] != "wiki.example" {
 				t.Errorf("forward-auth record %s", line)
 			}
 		}

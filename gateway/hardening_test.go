@@ -294,7 +294,7 @@ func TestGatewayPrefix(t *testing.T) {
 	up := newRawUpstream(t)
 	e := newEnv(t, func(c *gateway.Config) {
 		c.Prefix = "/.kmsgate"
-		c.Proxy = gateway.ProxyConfig{Upstream: up.url(), Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32")}
+		c.Proxy = gateway.ProxyConfig{Policy: anyone, Upstream: up.url(), Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32")}
 	})
 	e.refresh(t)
 	r := e.do(t, "GET", "/v1/sign", "", map[string]string{"X-Forwarded-User": "alice"})

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,8 +88,13 @@ func newProxyEnv(t *testing.T, pc gateway.ProxyConfig) *proxyEnv {
 }
 
 // newProxyEnvTLS is newProxyEnv serving TLS with tlsCfg when it is not nil.
+// A configuration without any policy gets the default policy allow:
+// any-authenticated, as the tests of everything but policies want.
 func newProxyEnvTLS(t *testing.T, pc gateway.ProxyConfig, tlsCfg *tls.Config) *proxyEnv {
 	t.Helper()
+	if pc.Policy.IsZero() && !slices.ContainsFunc(pc.Routes, func(r gateway.Route) bool { return !r.Policy.IsZero() }) {
+		pc.Policy = anyone
+	}
 	f := &backendtest.Fake{}
 	f.Add("v1", time.Now().Add(-24*time.Hour))
 	m := gateway.NewMetrics()
@@ -101,7 +107,7 @@ func newProxyEnvTLS(t *testing.T, pc gateway.ProxyConfig, tlsCfg *tls.Config) *p
 	if err := kr.Refresh(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := gateway.New(context.Background(), gateway.Config{Issuer: issuer, Prepublish: time.Hour, RequestTimeout: 500 * time.Millisecond, Proxy: pc, Logger: log}, kr, m)
+	srv, err := gateway.New(context.Background(), gateway.Config{Issuer: issuer, Prepublish: time.Hour, RequestTimeout: 500 * time.Millisecond, Proxy: pc, Logger: log, RequestLogSample: 1}, kr, m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,6 +121,9 @@ func newProxyEnvTLS(t *testing.T, pc gateway.ProxyConfig, tlsCfg *tls.Config) *p
 	})
 	return e
 }
+
+// anyone is the policy that lets every authenticated identity through.
+var anyone = gateway.MustParsePolicy("allow: any-authenticated")
 
 func prefixes(s ...string) []netip.Prefix {
 	var out []netip.Prefix
@@ -584,7 +593,11 @@ func TestProxyConfigRefused(t *testing.T) {
 		"oidc, no issuer":     {gateway.ProxyConfig{Identity: gateway.SourceOIDC}, "--oidc-issuer"},
 		"bad route path":      {gateway.ProxyConfig{Identity: gateway.SourceClientCert, Routes: []gateway.Route{{Path: "api", Upstream: "http://x"}}}, "must be a normalized absolute path"},
 		"negative timeout":    {gateway.ProxyConfig{Upstream: "http://127.0.0.1:1", Identity: gateway.SourceClientCert, UpstreamTimeout: -time.Second}, "--upstream-timeout"},
+		"no policy":           {gateway.ProxyConfig{Upstream: "http://127.0.0.1:1", Identity: gateway.SourceClientCert}, "--upstream: no policy"},
 	} {
+		if c.pc.Policy.IsZero() && name != "no policy" {
+			c.pc.Policy = anyone
+		}
 		_, err := gateway.New(context.Background(), gateway.Config{Issuer: issuer, Proxy: c.pc}, kr, nil)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v", name, err)

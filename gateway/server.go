@@ -8,6 +8,7 @@
 //     forward);
 //   - route: the path rule and the table of upstream routes;
 //   - identity: who a request is for;
+//   - policy: who may pass a route;
 //   - assertion: the signed identity assertion, cached;
 //   - proxy: the forwarding plan and the hop-by-hop and X-Forwarded rules;
 //   - header: header-name rules; metrics: what is counted.
@@ -27,6 +28,7 @@ import (
 	"github.com/kmsgate/kmsgate/gateway/front"
 	"github.com/kmsgate/kmsgate/gateway/identity"
 	"github.com/kmsgate/kmsgate/gateway/metrics"
+	"github.com/kmsgate/kmsgate/gateway/policy"
 	"github.com/kmsgate/kmsgate/gateway/proxy"
 	"github.com/kmsgate/kmsgate/gateway/route"
 	"github.com/kmsgate/kmsgate/jwks"
@@ -43,6 +45,18 @@ type Client = core.Client
 
 // Route sends matching requests to an upstream (config file `routes:`).
 type Route = route.Route
+
+// PolicySpec is a policy as written in the config file (package policy).
+type PolicySpec = policy.Spec
+
+// GroupsFilter cuts a route's groups claim down (package identity).
+type GroupsFilter = identity.GroupsFilter
+
+// AnyAuthenticated is the allow value that lets every identity through.
+const AnyAuthenticated = policy.AnyAuthenticated
+
+// MustParsePolicy reads a policy fixed in code; it panics on a mistake.
+func MustParsePolicy(text string) PolicySpec { return policy.MustParseSpec(text) }
 
 // Metrics holds the gateway's Prometheus metrics.
 type Metrics = metrics.Metrics

@@ -141,7 +141,7 @@ clients:
 CONF
 "$W/kmsgate" serve --listen "127.0.0.1:$KG_PORT" --admin-listen "127.0.0.1:$KG_ADMIN_PORT" --issuer "http://127.0.0.1:$KG_PORT" \
   --key "file://$W/key.pem" --config "$W/kmsgate.yaml" --log-level warn \
-  --upstream "http://127.0.0.1:$UP_PORT" --identity headers --trusted-proxy 127.0.0.1 --assertion-ttl 5m \
+  --upstream "http://127.0.0.1:$UP_PORT" --identity headers --trusted-proxy 127.0.0.1 --allow any-authenticated --assertion-ttl 5m \
   --audit-log "$W/audit.log" \
   2> "$W/kmsgate.log" &
 KG_PID=$!

@@ -18,7 +18,7 @@ import (
 
 // configSections are the structured top-level keys of the config file that
 // are not flags; the gateway decodes them itself.
-var configSections = map[string]bool{"clients": true, "routes": true, "oidc": true}
+var configSections = map[string]bool{"clients": true, "routes": true, "oidc": true, "policy": true}
 
 // fileConfig is a parsed --config file: flag values by flag name, the YAML
 // for the structured sections (keys in kebab-case), and warnings about

@@ -34,7 +34,7 @@ func TestProxyEndToEnd(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { app.ServeHTTP(w, r) }))
 	defer srv.Close()
 	g = backendtest.StartGateway(t, "", "--key", "file://"+keyFile, "--upstream", srv.URL,
-		"--identity", "headers", "--trusted-proxy", "127.0.0.1", "--refresh", "200ms", "--prepublish", "0s")
+		"--identity", "headers", "--trusted-proxy", "127.0.0.1", "--allow", "any-authenticated", "--refresh", "200ms", "--prepublish", "0s")
 
 	v, err := verify.NewVerifier(context.Background(), verify.VerifierConfig{
 		JWKSURL: g.URL + "/.well-known/jwks.json", Issuer: g.URL, Audience: "127.0.0.1",

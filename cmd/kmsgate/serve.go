@@ -59,6 +59,7 @@ type serveFlags struct {
 	dev            bool
 	proxy          gateway.ProxyConfig
 	trusted        []string
+	allow          string
 	devSource      *jwks.Source // the --dev in-memory key
 }
 
@@ -95,6 +96,7 @@ func newServeCmd() *cobra.Command {
 	f.DurationVar(&sf.grace, "shutdown-grace", 30*time.Second, "how long in-flight requests may finish after SIGTERM")
 	f.StringVar(&sf.proxy.Upstream, "upstream", "", "upstream URL that receives every request no route matches, with a signed assertion")
 	f.StringVar(&sf.proxy.Identity, "identity", "", "identity source for the proxy and /v1/auth: headers (oauth2-proxy, from --trusted-proxy), oidc (Authorization: Bearer) or client-cert")
+	f.StringVar(&sf.allow, "allow", "", "default policy for routes without one (and forward-auth requests no route matches): any-authenticated lets every identity through; for rules, use policy: in the config file")
 	f.StringSliceVar(&sf.trusted, "trusted-proxy", nil, "CIDRs or addresses of the authenticating proxy in front, whose X-Forwarded-User/-Email/-Groups are trusted")
 	f.StringVar(&sf.proxy.OIDCIssuer, "oidc-issuer", "", "issuer URL of the OIDC provider whose bearer tokens the oidc source accepts")
 	f.StringVar(&sf.proxy.OIDCAudience, "oidc-audience", "", "audience (client id) the OIDC tokens must carry")
@@ -108,9 +110,10 @@ func newServeCmd() *cobra.Command {
 
 // configSectionsFile is the structured part of the config file.
 type configSectionsFile struct {
-	Clients []gateway.Client `yaml:"clients"`
-	Routes  []gateway.Route  `yaml:"routes"`
-	Rest    map[string]any   `yaml:",inline"`
+	Clients []gateway.Client   `yaml:"clients"`
+	Routes  []gateway.Route    `yaml:"routes"`
+	Policy  gateway.PolicySpec `yaml:"policy"`
+	Rest    map[string]any     `yaml:",inline"`
 }
 
 func serve(cmd *cobra.Command, sf *serveFlags) error {
@@ -180,6 +183,11 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 		sf.proxy.TrustedProxies = append(sf.proxy.TrustedProxies, p)
 	}
 	sf.proxy.Routes = sections.Routes
+	if sf.allow != "" {
+		sf.proxy.Policy = gateway.MustParsePolicy("allow: " + sf.allow) // checked by preflight
+	} else {
+		sf.proxy.Policy = sections.Policy
+	}
 	auditLog, closeAudit, err := audit.Open(sf.auditLog, sf.auditMaxMB, sf.auditBackups, func(err error) {
 		log.Error("audit record not written", "err", err.Error())
 	})
@@ -310,6 +318,12 @@ func preflight(sf *serveFlags, sections *configSectionsFile) error {
 	}
 	if sf.tlsClientCA != "" && sf.tlsCert == "" {
 		add("--tls-client-ca needs --tls-cert and --tls-key")
+	}
+	if sf.allow != "" && sf.allow != gateway.AnyAuthenticated {
+		add("--allow %q: want %s (rules go in the config file's policy:)", sf.allow, gateway.AnyAuthenticated)
+	}
+	if sf.allow != "" && !sections.Policy.IsZero() {
+		add("--allow and the config file's policy: both set the default policy; keep one")
 	}
 	pc := sf.proxy
 	pc.Routes, pc.TrustedProxies = sections.Routes, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/kmsgate/kmsgate/backends"
 	"github.com/kmsgate/kmsgate/gateway/header"
@@ -25,11 +26,15 @@ type Answer struct {
 	// Subject is who the request was for (an identity's sub), and Client
 	// the sign API client, for the request log.
 	Subject, Client string
+	// Route names the route that judged the request, and Decision its
+	// policy's decision (allow, deny, not-allowed, no-policy), for the
+	// request log.
+	Route, Decision string
 	// Forward is set when the request is to be forwarded as Plan says.
 	Forward bool
 	Plan    proxy.Plan
 
-	hdr [8]header.Field
+	hdr [10]header.Field
 	n   int
 }
 
@@ -100,4 +105,50 @@ func (a *Answer) identityFailure(err error, source string) {
 	if source == identity.SourceOIDC {
 		a.Set("WWW-Authenticate", `Bearer realm="kmsgate"`)
 	}
+}
+
+// forbiddenPage is the page a browser gets when a policy refuses it.
+var forbiddenPage = []byte(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>403 Forbidden</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem">
+<h1>403 Forbidden</h1>
+<p>You are signed in, but this application's access policy does not let you in.</p>
+<p>If you need access, ask the team that runs it.</p>
+</body></html>
+`)
+
+// refuse answers a request that a policy refused: 403, with a small HTML
+// page for a browser (Accept names text/html) and the JSON error for
+// anything else.
+func (a *Answer) refuse(r *Request, code, msg string) {
+	a.Set("Vary", "Accept")
+	if acceptsHTML(r.Headers.Values("Accept")) {
+		a.Status, a.ContentType, a.Body = http.StatusForbidden, "text/html; charset=utf-8", forbiddenPage
+		return
+	}
+	a.Fail(http.StatusForbidden, code, msg)
+}
+
+// acceptsHTML reports whether an Accept header lists text/html without
+// q=0.
+func acceptsHTML(values []string) bool {
+	for _, v := range values {
+		for _, item := range strings.Split(v, ",") {
+			mt, params, _ := strings.Cut(item, ";")
+			if !header.Exact(strings.TrimSpace(mt), "text/html") {
+				continue
+			}
+			q := "1"
+			for _, p := range strings.Split(params, ";") {
+				if k, v, ok := strings.Cut(strings.TrimSpace(p), "="); ok && header.Exact(strings.TrimSpace(k), "q") {
+					q = strings.TrimSpace(v)
+				}
+			}
+			if f, err := strconv.ParseFloat(q, 64); err == nil && f > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"net/url"
 	"slices"
@@ -22,6 +23,7 @@ import (
 	"github.com/kmsgate/kmsgate/gateway/header"
 	"github.com/kmsgate/kmsgate/gateway/identity"
 	"github.com/kmsgate/kmsgate/gateway/metrics"
+	"github.com/kmsgate/kmsgate/gateway/policy"
 	"github.com/kmsgate/kmsgate/gateway/proxy"
 	"github.com/kmsgate/kmsgate/gateway/route"
 	"github.com/kmsgate/kmsgate/jwks"
@@ -77,6 +79,10 @@ type ProxyConfig struct {
 	// Identity (--identity) is the default identity source: headers, oidc
 	// or client-cert.
 	Identity string
+	// Policy (--allow, or the config file's top-level policy) judges
+	// requests for routes without a policy of their own, and forward-auth
+	// requests no route matches. Without it every route needs its own.
+	Policy policy.Spec
 	// TrustedProxies (--trusted-proxy) may send oauth2-proxy identity
 	// headers.
 	TrustedProxies []netip.Prefix
@@ -119,13 +125,13 @@ type Core struct {
 
 // proxyState is the built form of ProxyConfig.
 type proxyState struct {
-	table      *route.Table
-	sources    map[string]identity.Source
-	defaultSrc string
-	header     string // the default assertion header (forward-auth's)
-	rules      proxy.Rules
-	minter     *assertion.Minter
-	upstream   time.Duration
+	table    *route.Table
+	sources  map[string]identity.Source
+	guards   []guard // by route Index
+	fallback guard   // forward-auth requests no route matches
+	rules    proxy.Rules
+	minter   *assertion.Minter
+	upstream time.Duration
 }
 
 // New validates cfg and builds the core over a keyring. ctx bounds the
@@ -314,9 +320,16 @@ func (c *Core) buildProxy(ctx context.Context) (*proxyState, error) {
 	if !header.ValidName(pc.Header) {
 		return nil, fmt.Errorf("--assertion-header %q is not a valid header name", pc.Header)
 	}
-	p := &proxyState{sources: map[string]identity.Source{}, defaultSrc: pc.Identity, header: pc.Header, upstream: pc.UpstreamTimeout}
+	p := &proxyState{sources: map[string]identity.Source{}, upstream: pc.UpstreamTimeout}
 	p.rules.Trusted = pc.TrustedProxies
-	p.rules.Assertion = []string{pc.Header}
+	p.rules.Owned = []string{pc.Header}
+	var defaultPolicy *policy.Policy
+	if !pc.Policy.IsZero() {
+		var err error
+		if defaultPolicy, err = policy.Compile(pc.Policy); err != nil {
+			return nil, fmt.Errorf("default policy: %w", err)
+		}
+	}
 	routes := make([]*route.Route, len(pc.Routes))
 	for i := range pc.Routes {
 		r := pc.Routes[i]
@@ -324,7 +337,7 @@ func (c *Core) buildProxy(ctx context.Context) (*proxyState, error) {
 	}
 	var catchAll *route.Route
 	if pc.Upstream != "" {
-		catchAll = &route.Route{Upstream: pc.Upstream}
+		catchAll = &route.Route{Upstream: pc.Upstream, Name: "--upstream"}
 	}
 	names := []string{}
 	if pc.Identity != "" {
@@ -350,10 +363,26 @@ func (c *Core) buildProxy(ctx context.Context) (*proxyState, error) {
 		if strings.HasPrefix(r.Path, c.ownPrefix) {
 			return nil, fmt.Errorf("%s: path %q is under the gateway's own %s (move those with --gateway-prefix)", name, r.Path, c.ownPrefix)
 		}
-		if !slices.ContainsFunc(p.rules.Assertion, func(h string) bool { return header.SameName(h, r.Header) }) {
-			p.rules.Assertion = append(p.rules.Assertion, r.Header)
+		if !slices.ContainsFunc(p.rules.Owned, func(h string) bool { return header.SameName(h, r.Header) }) {
+			p.rules.Owned = append(p.rules.Owned, r.Header)
 		}
 		names = append(names, r.Identity)
+	}
+	guards := map[*route.Route]guard{}
+	for _, r := range append(slices.Clone(routes), catchAll) {
+		if r == nil {
+			continue
+		}
+		g, err := c.newGuard(r, defaultPolicy, &p.rules)
+		if err != nil {
+			return nil, err
+		}
+		guards[r] = g
+	}
+	p.fallback = guard{name: "forward-auth", source: pc.Identity, policy: defaultPolicy, header: pc.Header, assertion: true}
+	c.countDecisions(&p.fallback)
+	if defaultPolicy == nil && len(guards) == 0 && pc.Identity != "" {
+		return nil, fmt.Errorf("no policy: forward-auth (%s) would refuse every request; set --allow %s, or a policy (allow and deny rules) in the config file", c.authPath, policy.AnyAuthenticated)
 	}
 	if problems := IdentityProblems(pc); len(problems) > 0 {
 		return nil, errors.New(strings.Join(problems, "; "))
@@ -377,10 +406,65 @@ func (c *Core) buildProxy(ctx context.Context) (*proxyState, error) {
 	}
 	p.rules.Prepare()
 	p.table = route.NewTable(routes, catchAll)
+	p.guards = make([]guard, len(p.table.Routes()))
+	for _, r := range p.table.Routes() {
+		p.guards[r.Index] = guards[r]
+	}
 	m, err := assertion.New(c.keys, c.cfg.Issuer, pc.TTL, pc.CacheSize, c.metrics, c.cfg.Audit)
 	if err != nil {
 		return nil, err
 	}
 	p.minter = m
 	return p, nil
+}
+
+// newGuard builds what a request for r must pass: r's policy (or def),
+// groups filter and claim headers, whose names join the headers the
+// gateway owns (rules.Owned).
+func (c *Core) newGuard(r *route.Route, def *policy.Policy, rules *proxy.Rules) (guard, error) {
+	g := guard{name: r.Name, source: r.Identity, policy: def, header: r.Header, assertion: r.PassAssertion()}
+	if !r.Policy.IsZero() {
+		var err error
+		if g.policy, err = policy.Compile(r.Policy); err != nil {
+			return guard{}, fmt.Errorf("%s: policy: %w", r.Label, err)
+		}
+	}
+	if g.policy == nil {
+		return guard{}, fmt.Errorf("%s: no policy: give the route a policy (allow and deny rules), or let every authenticated identity through with policy: {allow: %s} (or --allow %s for every route without one)", r.Label, policy.AnyAuthenticated, policy.AnyAuthenticated)
+	}
+	var err error
+	if g.filter, err = r.GroupsFilter.Compile(); err != nil {
+		return guard{}, fmt.Errorf("%s: %w", r.Label, err)
+	}
+	claims := slices.Sorted(maps.Keys(r.ClaimHeaders))
+	if len(claims) > proxy.MaxIdentityHeaders-1 {
+		return guard{}, fmt.Errorf("%s: claim-headers: at most %d", r.Label, proxy.MaxIdentityHeaders-1)
+	}
+	for _, claim := range claims {
+		h := r.ClaimHeaders[claim]
+		switch {
+		case !slices.Contains(identity.ClaimNames, claim):
+			return guard{}, fmt.Errorf("%s: claim-headers: unknown claim %q; want one of %s", r.Label, claim, strings.Join(identity.ClaimNames, ", "))
+		case !header.ValidName(h):
+			return guard{}, fmt.Errorf("%s: claim-headers: %s: %q is not a valid header name", r.Label, claim, h)
+		case proxy.Reserved(h):
+			return guard{}, fmt.Errorf("%s: claim-headers: %s: %s is a header the proxy already governs or a client credential; choose another name, such as X-Kmsgate-Claim-%s", r.Label, claim, h, strings.ToUpper(claim[:1])+claim[1:])
+		case header.SameName(h, r.Header) || slices.ContainsFunc(g.claims, func(f header.Field) bool { return header.SameName(f.Value, h) }):
+			return guard{}, fmt.Errorf("%s: claim-headers: %s: header %s is used twice", r.Label, claim, h)
+		}
+		g.claims = append(g.claims, header.Field{Name: claim, Value: h})
+		if !slices.ContainsFunc(rules.Owned, func(o string) bool { return header.SameName(o, h) }) {
+			rules.Owned = append(rules.Owned, h)
+		}
+	}
+	c.countDecisions(&g)
+	return g, nil
+}
+
+// countDecisions gives g its decision counters.
+func (c *Core) countDecisions(g *guard) {
+	names := []string{policy.Allow.String(), policy.Deny.String(), policy.NotAllowed.String()}
+	for i, ctr := range c.metrics.PolicyDecisions(g.name, names) {
+		g.decisions[i] = ctr
+	}
 }

@@ -129,8 +129,8 @@ func WantsWebSocket(method string, h Headers) bool {
 
 // Observe records an answered request: its metrics, and for a sample of
 // requests (RequestLogSample) an info line with the method, endpoint (and
-// route), status, duration, client address and who it was for; never
-// headers, tokens, path or query.
+// route and policy decision), status, duration, client address and who
+// it was for; never headers, tokens, path or query.
 func (c *Core) Observe(r *Request, a *Answer, took time.Duration) {
 	c.metrics.Request(a.Endpoint, a.Status, took)
 	rate := c.cfg.RequestLogSample
@@ -140,8 +140,11 @@ func (c *Core) Observe(r *Request, a *Answer, took time.Duration) {
 	attrs := make([]slog.Attr, 0, 8)
 	attrs = append(attrs, slog.String("method", r.Method), slog.String("endpoint", a.Endpoint), slog.Int("status", a.Status),
 		slog.Float64("took_ms", float64(took.Microseconds())/1000), slog.String("remote", r.Addr.String()))
-	if a.Forward {
-		attrs = append(attrs, slog.String("route", a.Plan.Route.Name))
+	if a.Route != "" {
+		attrs = append(attrs, slog.String("route", a.Route))
+	}
+	if a.Decision != "" {
+		attrs = append(attrs, slog.String("decision", a.Decision))
 	}
 	if a.Subject != "" {
 		attrs = append(attrs, slog.String("sub", a.Subject))

@@ -297,3 +297,31 @@ func (certSource) Identify(r Request) (Identity, error) {
 	}
 	return id, nil
 }
+
+// ClientAddr is the address of the client a request comes from: the peer,
+// or, when the peer is a trusted proxy, the last address of the
+// X-Forwarded-For chain that is not itself a trusted proxy (the chain's
+// first when all are). A malformed chain from a trusted proxy is an error:
+// the client is then unknown, and no rule about it can be judged.
+func ClientAddr(r Request, trusted []netip.Prefix) (netip.Addr, error) {
+	peer := r.Peer()
+	if !Trusted(peer, trusted) {
+		return peer, nil
+	}
+	values := r.HeaderValues("X-Forwarded-For")
+	client := peer
+	for i := len(values) - 1; i >= 0; i-- {
+		entries := strings.Split(values[i], ",")
+		for j := len(entries) - 1; j >= 0; j-- {
+			a, err := netip.ParseAddr(strings.TrimSpace(entries[j]))
+			if err != nil {
+				return netip.Addr{}, fmt.Errorf("X-Forwarded-For from a trusted proxy: %q is not an IP address", strings.TrimSpace(entries[j]))
+			}
+			client = a.Unmap()
+			if !Trusted(client, trusted) {
+				return client, nil
+			}
+		}
+	}
+	return client, nil
+}

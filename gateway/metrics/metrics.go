@@ -31,6 +31,7 @@ type Metrics struct {
 	assertionHits    prometheus.Counter
 	assertionMisses  prometheus.Counter
 	assertionRotated prometheus.Counter
+	policyDecisions  *prometheus.CounterVec
 
 	routes sync.Map // routeKey -> routeMetrics, so hot paths skip the label lookups
 }
@@ -73,6 +74,17 @@ func (m *Metrics) AssertionCache(hit bool) {
 // AssertionRotated counts a cached assertion not reused because its kid is
 // no longer the active one (a rotation or a disabled version).
 func (m *Metrics) AssertionRotated() { m.assertionRotated.Inc() }
+
+// PolicyDecisions returns the counters of a route's policy decisions, one
+// per decision named, in that order, so that counting one costs no label
+// lookup.
+func (m *Metrics) PolicyDecisions(route string, decisions []string) []prometheus.Counter {
+	out := make([]prometheus.Counter, len(decisions))
+	for i, d := range decisions {
+		out[i] = m.policyDecisions.WithLabelValues(route, d)
+	}
+	return out
+}
 
 // SetBuildInfo exports kmsgate_build_info{version, commit, date, goversion} 1.
 func (m *Metrics) SetBuildInfo(version, commit, date string) {
@@ -140,8 +152,11 @@ func New() *Metrics {
 		assertionMisses: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kmsgate_assertion_cache_misses_total", Help: "Identity assertions not in the cache (signed, or waiting for a concurrent signature).",
 		}),
+		policyDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kmsgate_policy_decisions_total", Help: "Route policy decisions by route and decision (allow, deny, not-allowed).",
+		}, []string{"route", "decision"}),
 	}
-	m.Registry.MustRegister(m.assertionHits, m.assertionMisses, m.assertionRotated, m.requests, m.duration, m.sign, m.backendErrors, m.refreshes, m.jwksRequests, m.jwksNotModified,
+	m.Registry.MustRegister(m.policyDecisions, m.assertionHits, m.assertionMisses, m.assertionRotated, m.requests, m.duration, m.sign, m.backendErrors, m.refreshes, m.jwksRequests, m.jwksNotModified,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

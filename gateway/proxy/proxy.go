@@ -67,10 +67,11 @@ func ConnectionTokens(values []string) []string {
 
 // Rules are the proxy's header rules fixed at start.
 type Rules struct {
-	// Assertion lists every assertion header name in use; a client's copy
-	// is never forwarded, in any variant.
-	Assertion []string
-	assertion header.Set
+	// Owned lists every header the gateway sets for an identity: the
+	// assertion headers and the claim headers in use. A client's copy is
+	// never forwarded, in any variant.
+	Owned []string
+	owned header.Set
 	// Trusted are the addresses of the authenticating proxy in front,
 	// whose identity headers and X-Forwarded-For chain are kept.
 	Trusted []netip.Prefix
@@ -94,7 +95,7 @@ type Plan struct {
 	conn              []string
 	trustedPeer       bool
 	dropAuthorization bool
-	set               [6]header.Field
+	set               [maxSet]header.Field
 	nset              int
 }
 
@@ -111,11 +112,20 @@ type Client struct {
 }
 
 // Prepare fixes the rules for use; call it once, before NewPlan.
-func (r *Rules) Prepare() { r.assertion = header.NewSet(r.Assertion...) }
+func (r *Rules) Prepare() { r.owned = header.NewSet(r.Owned...) }
 
-// NewPlan returns the plan of a request for rt, with its signed assertion.
-// webSocket passes the request's WebSocket upgrade on.
-func (r *Rules) NewPlan(rt *route.Route, path, query string, c Client, assertion string, dropAuthorization, webSocket bool) Plan {
+// MaxIdentityHeaders is the most identity headers a plan sets: the
+// assertion and one header per claim.
+const MaxIdentityHeaders = 6
+
+// maxSet is the most headers a plan sets: X-Forwarded-For, -Host and
+// -Proto, the identity headers, and a WebSocket's two.
+const maxSet = 3 + MaxIdentityHeaders + 2
+
+// NewPlan returns the plan of a request for rt, with the identity headers
+// the gateway sets (the signed assertion and the claim headers, at most
+// MaxIdentityHeaders). webSocket passes the request's WebSocket upgrade on.
+func (r *Rules) NewPlan(rt *route.Route, path, query string, c Client, idHeaders []header.Field, dropAuthorization, webSocket bool) Plan {
 	p := Plan{
 		Route: rt, Path: rt.UpstreamPath(path), RawQuery: rt.UpstreamQuery(query), Host: rt.Target.Host, WebSocket: webSocket,
 		rules: r, conn: ConnectionTokens(c.Values("Connection")), trustedPeer: identity.Trusted(c.Peer, r.Trusted),
@@ -132,31 +142,28 @@ func (r *Rules) NewPlan(rt *route.Route, path, query string, c Client, assertion
 	if c.TLS {
 		proto = "https"
 	}
-	p.set = [6]header.Field{
-		{Name: "X-Forwarded-For", Value: xff},
-		{Name: "X-Forwarded-Host", Value: c.Host},
-		{Name: "X-Forwarded-Proto", Value: proto},
-		{Name: rt.Header, Value: assertion},
-		{Name: "Connection", Value: "Upgrade"},
-		{Name: "Upgrade", Value: "websocket"},
-	}
-	p.nset = 4
+	p.set[0] = header.Field{Name: "X-Forwarded-For", Value: xff}
+	p.set[1] = header.Field{Name: "X-Forwarded-Host", Value: c.Host}
+	p.set[2] = header.Field{Name: "X-Forwarded-Proto", Value: proto}
+	p.nset = 3 + copy(p.set[3:3+MaxIdentityHeaders], idHeaders)
 	if webSocket {
-		p.nset = 6
+		p.set[p.nset] = header.Field{Name: "Connection", Value: "Upgrade"}
+		p.set[p.nset+1] = header.Field{Name: "Upgrade", Value: "websocket"}
+		p.nset += 2
 	}
 	return p
 }
 
 // Drop reports whether a client's request header is left out of the
-// upstream request: hop-by-hop headers, every variant of an assertion
-// header and of the X-Forwarded-* family (set anew by Set), identity
+// upstream request: hop-by-hop headers, every variant of an assertion or
+// claim header and of the X-Forwarded-* family (set anew by Set), identity
 // headers from an untrusted peer (and their "_" and "." variants from a
 // trusted one), and the bearer token a route's oidc source consumed.
 func (p *Plan) Drop(name string) bool {
 	if HopByHop(name, p.conn) {
 		return true
 	}
-	if _, ok := p.rules.assertion.Variant(name); ok {
+	if _, ok := p.rules.owned.Variant(name); ok {
 		return true
 	}
 	if _, ok := forwardingHeaders.Variant(name); ok {
@@ -174,5 +181,19 @@ func (p *Plan) Drop(name string) bool {
 }
 
 // Set returns the headers the upstream request gets: X-Forwarded-For,
-// -Host and -Proto, the assertion, and for a WebSocket the upgrade.
+// -Host and -Proto, the identity headers, and for a WebSocket the upgrade.
 func (p *Plan) Set() []header.Field { return p.set[:p.nset] }
+
+// Reserved reports whether a header name is governed by the forwarding
+// rules already (hop-by-hop, the X-Forwarded-* family, the framing, the
+// identity headers of a proxy in front) or carries the client's
+// credentials, so the gateway cannot give it another meaning, such as a
+// claim header.
+func Reserved(name string) bool {
+	for _, s := range []header.Set{hopHeaders, forwardingHeaders, framingHeaders, identityHeaders} {
+		if _, ok := s.Variant(name); ok {
+			return true
+		}
+	}
+	return header.SameName(name, "Authorization") || header.SameName(name, "Cookie")
+}

@@ -5,14 +5,16 @@ import (
 	"net/url"
 	"testing"
 
+	"github.com/kmsgate/kmsgate/gateway/header"
 	"github.com/kmsgate/kmsgate/gateway/route"
 )
 
 func TestPlanDrop(t *testing.T) {
 	rt := &route.Route{Header: "X-Pomerium-Jwt-Assertion", Target: &url.URL{Scheme: "http", Host: "app:80"}}
-	rules := &Rules{Assertion: []string{"X-Kmsgate-Jwt-Assertion", "X-Pomerium-Jwt-Assertion"}, Trusted: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
+	rules := &Rules{Owned: []string{"X-Kmsgate-Jwt-Assertion", "X-Pomerium-Jwt-Assertion", "X-Kmsgate-Claim-Email"}, Trusted: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
 	rules.Prepare()
 	values := func(h map[string][]string) func(string) []string { return func(n string) []string { return h[n] } }
+	tok := []header.Field{{Name: rt.Header, Value: "tok"}}
 	conn := map[string][]string{"Connection": {"keep-alive, X-Secret", "close"}}
 	for _, c := range []struct {
 		peer, name string
@@ -38,20 +40,22 @@ func TestPlanDrop(t *testing.T) {
 		{"10.1.1.1", "Transfer_Encoding", false, true},
 		{"10.1.1.1", "Content_Length", false, true},
 		{"10.1.1.1", "Content-Length", false, false},
+		{"10.1.1.1", "X-Kmsgate-Claim-Email", false, true},
+		{"192.0.2.1", "x_kmsgate_claim_email", false, true},
 	} {
-		p := rules.NewPlan(rt, "/a", "", Client{Host: "h", Peer: netip.MustParseAddr(c.peer), Values: values(conn)}, "tok", c.oidc, false)
+		p := rules.NewPlan(rt, "/a", "", Client{Host: "h", Peer: netip.MustParseAddr(c.peer), Values: values(conn)}, tok, c.oidc, false)
 		if got := p.Drop(c.name); got != c.drop {
 			t.Errorf("peer %s, oidc %v: Drop(%q) = %v, want %v", c.peer, c.oidc, c.name, got, c.drop)
 		}
 	}
 	xff := map[string][]string{"X-Forwarded-For": {"1.2.3.4", "5.6.7.8"}}
 	for peer, want := range map[string]string{"10.1.1.1": "1.2.3.4, 5.6.7.8, 10.1.1.1", "192.0.2.1": "192.0.2.1"} {
-		p := rules.NewPlan(rt, "/a", "", Client{Host: "h", Peer: netip.MustParseAddr(peer), Values: values(xff)}, "tok", false, false)
+		p := rules.NewPlan(rt, "/a", "", Client{Host: "h", Peer: netip.MustParseAddr(peer), Values: values(xff)}, tok, false, false)
 		if got := p.Set()[0]; got.Name != "X-Forwarded-For" || got.Value != want {
 			t.Errorf("peer %s: %v, want %s", peer, got, want)
 		}
 	}
-	p := rules.NewPlan(rt, "/a", "", Client{Peer: netip.MustParseAddr("10.1.1.1"), Values: values(nil)}, "tok", false, true)
+	p := rules.NewPlan(rt, "/a", "", Client{Peer: netip.MustParseAddr("10.1.1.1"), Values: values(nil)}, tok, false, true)
 	if set := p.Set(); len(set) != 6 || set[3].Name != "X-Pomerium-Jwt-Assertion" || set[5].Value != "websocket" {
 		t.Errorf("websocket plan sets %v", set)
 	}

@@ -5,11 +5,17 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+
+	"github.com/kmsgate/kmsgate/gateway/identity"
+	"github.com/kmsgate/kmsgate/gateway/policy"
 )
 
 // Route sends matching requests to an upstream with its own audience,
-// assertion header and identity source (config file `routes:`).
+// assertion header, identity source and policy (config file `routes:`).
 type Route struct {
+	// Name labels the route in metrics, logs and audit records; default
+	// its host and path ("app.example.com/api/", "*/api/").
+	Name string `yaml:"name"`
 	// Host matches the request's host (any port, any letter case); empty
 	// matches any.
 	Host string `yaml:"host"`
@@ -24,20 +30,35 @@ type Route struct {
 	Header string `yaml:"header"`
 	// Identity is the identity source; default --identity.
 	Identity string `yaml:"identity"`
+	// Policy decides who may pass; without one the default policy
+	// (--allow, or the config file's top-level policy) applies, and
+	// without that the gateway refuses to start.
+	Policy policy.Spec `yaml:"policy"`
+	// PassIdentityHeaders sends the signed assertion upstream (default
+	// true); off, no assertion is signed for the route.
+	PassIdentityHeaders *bool `yaml:"pass-identity-headers"`
+	// ClaimHeaders sends claims as plain headers too: claim name (sub,
+	// user, email, groups, name) to header name.
+	ClaimHeaders map[string]string `yaml:"claim-headers"`
+	// GroupsFilter cuts the groups claim down to what the route cares
+	// about, in the assertion and the claim header.
+	GroupsFilter identity.GroupsFilter `yaml:"groups-filter"`
 
 	// Target is the parsed Upstream.
 	Target *url.URL `yaml:"-"`
 	// Index is the route's place in the table, for per-route state of the
 	// servers (upstream clients).
 	Index int `yaml:"-"`
-	// Name labels the route in errors and logs.
-	Name string `yaml:"-"`
+	// Label names the route in configuration errors.
+	Label string `yaml:"-"`
 }
 
-// Prepare checks a configured route and fills in its defaults: the
-// assertion header and identity source when the route names none.
-func (r *Route) Prepare(name, header, identity string) error {
-	r.Name = name
+// Prepare checks a configured route and fills in its defaults: its name,
+// and the assertion header and identity source when the route names none.
+// label names the route in errors.
+func (r *Route) Prepare(label, header, identity string) error {
+	r.Label = label
+	name := label
 	u, err := url.Parse(r.Upstream)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.Fragment != "" {
 		return fmt.Errorf("%s: upstream %q must be an http:// or https:// URL", name, r.Upstream)
@@ -76,8 +97,18 @@ func (r *Route) Prepare(name, header, identity string) error {
 	if r.Identity == "" {
 		r.Identity = identity
 	}
+	if r.Name == "" {
+		host := r.Host
+		if host == "" {
+			host = "*"
+		}
+		r.Name = host + r.Path
+	}
 	return nil
 }
+
+// PassAssertion reports whether the route sends the signed assertion.
+func (r *Route) PassAssertion() bool { return r.PassIdentityHeaders == nil || *r.PassIdentityHeaders }
 
 // Matches reports whether the route takes a request for host (as Host
 // returns it) and a normalized path. A prefix "/api/" also takes "/api".
