@@ -118,7 +118,7 @@ func TestParity(t *testing.T) {
 		Clients: []gateway.Client{{Name: "app", TokenSHA256: tokenHash(clientToken), Audiences: []string{"billing"},
 			Subjects: []string{"svc-*"}, MaxTTL: 15 * time.Minute, Claims: []string{"scope"}}},
 		Proxy: gateway.ProxyConfig{
-			Policy: anyone,
+			Policy:   anyone,
 			Routes:   []gateway.Route{{Path: "/admin/", Upstream: admin}, {Host: "api.example", Upstream: admin, Audience: "api"}},
 			Upstream: web, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32"),
 		},

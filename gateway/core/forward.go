@@ -95,8 +95,8 @@ type guard struct {
 	policy    *policy.Policy // nil refuses every request (no policy)
 	decisions [3]counter     // by policy.Decision
 	filter    func([]string) []string
-	header    string // the assertion header
-	assertion bool   // send the signed assertion
+	header    string         // the assertion header
+	assertion bool           // send the signed assertion
 	claims    []header.Field // claim name (Name) to header (Value)
 }
 

@@ -68,7 +68,9 @@ func (f GroupsFilter) Compile() (func([]string) []string, error) {
 			return nil, fmt.Errorf("groups-filter: want non-empty group names")
 		}
 		names := slices.Clone(f.Names)
-		return func(groups []string) []string { return keep(groups, func(g string) bool { return slices.Contains(names, g) }) }, nil
+		return func(groups []string) []string {
+			return keep(groups, func(g string) bool { return slices.Contains(names, g) })
+		}, nil
 	}
 	return nil, nil
 }
