@@ -21,12 +21,15 @@ import (
 // TestNginxAuthRequest runs deploy/forward-auth/nginx.conf in a real nginx
 // (Debian package; scripts/test.d/10-nginx.sh installs it and sets
 // KMSGATE_TEST_NGINX) in front of an app, with kmsgate's /v1/auth verifying
-// OIDC bearer tokens from a local issuer.
+// OIDC bearer tokens from a local issuer, and judging them by the policy of
+// the route the original request matches.
 func TestNginxAuthRequest(t *testing.T) {
 	nginx := backendtest.Require(t, "KMSGATE_TEST_NGINX")
 	iss := newOIDCIssuer(t)
 	app := newUpstream(t, nil)
-	e := newProxyEnv(t, gateway.ProxyConfig{Identity: gateway.SourceOIDC, OIDCIssuer: iss.URL, OIDCAudience: "kmsgate-app"})
+	e := newProxyEnv(t, gateway.ProxyConfig{Identity: gateway.SourceOIDC, OIDCIssuer: iss.URL, OIDCAudience: "kmsgate-app", Policy: anyone,
+		Routes: []gateway.Route{{Host: "app.example", Path: "/admin/", Upstream: "http://unused.invalid", Policy: gateway.MustParsePolicy("allow: {groups: {has: admins}}"),
+			ClaimHeaders: map[string]string{"email": "X-Kmsgate-Claim-Email"}}}})
 
 	snippet, err := os.ReadFile("../deploy/forward-auth/nginx.conf")
 	if err != nil {
@@ -120,6 +123,28 @@ http {
 	}
 	if app.count() != before {
 		t.Fatal("an unauthenticated request reached the app")
+	}
+	// The admin route's policy: dana (ops) is refused there, before any
+	// signature; erin (admins) passes with her email as a claim header,
+	// whatever the client sent in its place.
+	signs := e.fake.Signs.Load()
+	if st := raw(t, addr, "GET /admin/x HTTP/1.1\r\nHost: app.example\r\nAuthorization: Bearer "+good+"\r\nConnection: close\r\n\r\n"); !strings.HasPrefix(st, "403") {
+		t.Errorf("dana on the admin route: %s", st)
+	}
+	if app.count() != before || e.fake.Signs.Load() != signs {
+		t.Fatal("a request the policy refused reached the app or was signed for")
+	}
+	claims["sub"], claims["email"], claims["groups"] = "u-2", "erin@example.com", []string{"admins"}
+	admin := iss.token(t, jose.RS256, iss.key, claims)
+	st := raw(t, addr, "GET /admin/x HTTP/1.1\r\nHost: app.example\r\nAuthorization: Bearer "+admin+"\r\nX-Kmsgate-Claim-Email: root@example.com\r\nConnection: close\r\n\r\n")
+	if !strings.HasPrefix(st, "200") || app.count() != before+1 {
+		t.Fatalf("erin on the admin route: %s", st)
+	}
+	if got := app.last(t).Header.Values("X-Kmsgate-Claim-Email"); len(got) != 1 || got[0] != "erin@example.com" {
+		t.Errorf("claim header through nginx %q", got)
+	}
+	if c := assertionOf(t, e, app.last(t), gateway.DefaultAssertionHeader); c["sub"] != "u-2" {
+		t.Errorf("claims %v", c)
 	}
 	if _, err := http.Get("http://" + addr + "/_kmsgate_auth"); err != nil {
 		t.Fatal(err)

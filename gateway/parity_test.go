@@ -118,8 +118,10 @@ func TestParity(t *testing.T) {
 		Clients: []gateway.Client{{Name: "app", TokenSHA256: tokenHash(clientToken), Audiences: []string{"billing"},
 			Subjects: []string{"svc-*"}, MaxTTL: 15 * time.Minute, Claims: []string{"scope"}}},
 		Proxy: gateway.ProxyConfig{
-			Policy:   anyone,
-			Routes:   []gateway.Route{{Path: "/admin/", Upstream: admin}, {Host: "api.example", Upstream: admin, Audience: "api"}},
+			Policy: anyone,
+			Routes: []gateway.Route{{Path: "/admin/", Upstream: admin}, {Host: "api.example", Upstream: admin, Audience: "api"},
+				{Path: "/staff/", Upstream: admin, Policy: gateway.MustParsePolicy("{allow: {groups: {has: staff}}, deny: {email: {is: mallory@example.com}}}"),
+					ClaimHeaders: map[string]string{"email": "X-Kmsgate-Claim-Email", "groups": "X-Kmsgate-Claim-Groups"}, GroupsFilter: gateway.GroupsFilter{Pattern: "staff"}}},
 			Upstream: web, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32"),
 		},
 	}, kr, nil)
@@ -143,6 +145,7 @@ func TestParity(t *testing.T) {
 	user := [][2]string{{"X-Forwarded-User", "alice"}}
 	with := func(h ...[2]string) [][2]string { return append(slices.Clone(user), h...) }
 	bearer := [2]string{"Authorization", "Bearer " + clientToken}
+	staff, aliceMail := [2]string{"X-Forwarded-Groups", "eng, staff"}, [2]string{"X-Forwarded-Email", "alice@example.com"}
 	etag := kr.State().Document.ETag
 
 	for _, c := range []struct {
@@ -215,6 +218,21 @@ func TestParity(t *testing.T) {
 		{name: "metrics are not public", req: wire.Request{Method: "GET", Path: "/metrics", Header: user}, app: "web", uri: "/metrics"},
 		{name: "health is not public", req: wire.Request{Method: "GET", Path: "/healthz", Header: user}, app: "web", uri: "/healthz"},
 		{name: "connect", req: wire.Request{Method: "CONNECT", Path: "/x", Header: user}, status: 400},
+		// Route policies: judged once, the same on every protocol, for the
+		// proxy and forward-auth; claim headers set by the gateway only.
+		{name: "policy allows", req: wire.Request{Method: "GET", Path: "/staff/x", Header: with(staff, aliceMail,
+			[2]string{"X-Kmsgate-Claim-Email", "forged"}, [2]string{"x_kmsgate_claim_groups", "forged"}, [2]string{"X.Kmsgate.Claim.Email", "forged"})}, app: "admin", uri: "/staff/x"},
+		{name: "policy refuses", req: wire.Request{Method: "GET", Path: "/staff/x", Header: with(aliceMail)}, status: 403},
+		{name: "policy refuses a browser", req: wire.Request{Method: "GET", Path: "/staff/x", Header: with([2]string{"Accept", "text/html"})}, status: 403},
+		{name: "policy deny wins", req: wire.Request{Method: "GET", Path: "/staff/x", Header: with(staff, [2]string{"X-Forwarded-Email", "Mallory@Example.com"})}, status: 403},
+		{name: "policy after dot-segments", req: wire.Request{Method: "GET", Path: "/admin/%2e%2e/staff/x", Header: with(aliceMail)}, status: 403},
+		{name: "forward-auth policy allows", req: wire.Request{Method: "GET", Path: "/v1/auth", Header: with(staff, aliceMail,
+			[2]string{"X-Forwarded-Host", "app.example"}, [2]string{"X-Forwarded-Uri", "/staff/a?b=c"})}, status: 200},
+		{name: "forward-auth policy refuses", req: wire.Request{Method: "GET", Path: "/v1/auth", Header: with(
+			[2]string{"X-Forwarded-Host", "app.example"}, [2]string{"X-Original-Uri", "/x/../staff/a"})}, status: 403},
+		{name: "forward-auth policy by path", req: wire.Request{Method: "GET", Path: "/v1/auth/staff/a", Header: with(staff)}, status: 200},
+		{name: "forward-auth policy encoded slash", req: wire.Request{Method: "GET", Path: "/v1/auth", Header: with(
+			[2]string{"X-Forwarded-Host", "app.example"}, [2]string{"X-Forwarded-Uri", "/staff%2Fa"})}, status: 400},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var first outcome
@@ -239,6 +257,9 @@ func TestParity(t *testing.T) {
 				if i == 0 {
 					first = o
 					checkExpected(t, c.name, o, c.app, c.uri, c.status)
+					if c.name == "forward-auth policy allows" && (o.Answer["X-Kmsgate-Claim-Groups"] != "staff" || o.Answer["X-Kmsgate-Claim-Email"] != "alice@example.com" || o.Answer["assertion"] != "set") {
+						t.Errorf("forward-auth answer %v, want the claim headers and the assertion", o.Answer)
+					}
 					continue
 				}
 				if !reflect.DeepEqual(o, first) {
@@ -267,7 +288,8 @@ func outcomeOf(resp *wire.Response, up []seen, name string) outcome {
 	if !strings.HasPrefix(name, "sign") && !strings.HasPrefix(name, "forward-auth") {
 		o.Body = string(resp.Body)
 	}
-	for _, k := range []string{"Content-Type", "Etag", "Cache-Control", "Access-Control-Allow-Origin", "Allow", "Retry-After", "Www-Authenticate", "X-App"} {
+	for _, k := range []string{"Content-Type", "Etag", "Cache-Control", "Access-Control-Allow-Origin", "Allow", "Retry-After", "Www-Authenticate", "X-App",
+		"Vary", "X-Kmsgate-Claim-Email", "X-Kmsgate-Claim-Groups"} {
 		if v := resp.Header.Get(k); v != "" {
 			o.Answer[k] = v
 		}
@@ -317,6 +339,14 @@ func checkExpected(t *testing.T, name string, o outcome, app, uri string, status
 	}
 	if got := h.Values("X-Forwarded-For"); !slices.Equal(got, []string{"10.9.9.9, 127.0.0.1"}) && !slices.Equal(got, []string{"127.0.0.1"}) {
 		t.Errorf("%s: X-Forwarded-For %q", name, got)
+	}
+	for k, v := range h {
+		if slices.Contains(v, "forged") {
+			t.Errorf("%s: a client's %s reached the upstream", name, k)
+		}
+	}
+	if got := h.Get("X-Kmsgate-Claim-Groups"); got != "" && got != "staff" {
+		t.Errorf("%s: groups claim header %q, want the filtered staff", name, got)
 	}
 	if got := h.Get("X-Forwarded-User"); got != "alice" {
 		t.Errorf("%s: X-Forwarded-User %q", name, got)
