@@ -95,7 +95,7 @@ func New(ctx context.Context, cfg Config, kr *jwks.Keyring, m *Metrics) (*Server
 }
 
 // RouteSummary describes the upstream routes in matching order, for the
-// start-up log: "host/path -> upstream (identity)".
+// start-up log: "host/path -> upstream (identity, own or default policy)".
 func (s *Server) RouteSummary() []string {
 	out := []string{}
 	for _, r := range s.core.Routes() {
@@ -103,7 +103,11 @@ func (s *Server) RouteSummary() []string {
 		if host == "" {
 			host = "*"
 		}
-		out = append(out, host+r.Path+" -> "+r.Target.Redacted()+" ("+r.Identity+")")
+		pol := "default policy"
+		if !r.Policy.IsZero() {
+			pol = "own policy"
+		}
+		out = append(out, host+r.Path+" -> "+r.Target.Redacted()+" ("+r.Identity+", "+pol+")")
 	}
 	return out
 }

@@ -21,11 +21,12 @@ import (
 var configSections = map[string]bool{"clients": true, "routes": true, "oidc": true, "policy": true}
 
 // fileConfig is a parsed --config file: flag values by flag name, the YAML
-// for the structured sections (keys in kebab-case), and warnings about
-// deprecated spellings to log.
+// document for the structured sections (keys respelled in kebab-case, lines
+// as in the file, for errors), and warnings about deprecated spellings to
+// log.
 type fileConfig struct {
 	values   map[string]any
-	raw      []byte
+	doc      *yaml.Node
 	warnings []string
 }
 
@@ -111,9 +112,7 @@ func loadConfig(path string, known map[string]bool) (*fileConfig, error) {
 	if err := top.Decode(&cfg.values); err != nil {
 		return nil, usagef("config %s: %s", path, yamlError(err))
 	}
-	if cfg.raw, err = yaml.Marshal(top); err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
-	}
+	cfg.doc = top
 	return cfg, nil
 }
 

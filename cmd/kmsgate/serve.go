@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -25,7 +24,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"gopkg.in/yaml.v3"
 
 	"github.com/kmsgate/kmsgate/backends"
 	"github.com/kmsgate/kmsgate/backends/pem"
@@ -127,9 +125,8 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 	log := slog.Default()
 	var sections configSectionsFile
 	if cfg := configFrom(cmd); cfg != nil {
-		dec := yaml.NewDecoder(bytes.NewReader(cfg.raw))
-		dec.KnownFields(true)
-		if err := dec.Decode(&sections); err != nil && !errors.Is(err, io.EOF) {
+		// Every key was checked by loadConfig; unknown ones are refused there.
+		if err := cfg.doc.Decode(&sections); err != nil {
 			return usagef("config: %s", yamlError(err))
 		}
 	}

@@ -324,3 +324,39 @@ func TestServeLogs(t *testing.T) {
 		t.Error("a token reached the logs")
 	}
 }
+
+// TestServePolicyConfig: a mistake in a policy stops the start with the
+// route and the rule it is in; --allow takes only any-authenticated, and
+// not beside a config-file policy; a route without any policy is refused.
+func TestServePolicyConfig(t *testing.T) {
+	key := writeFile(t, "k.pem", genkey(t))
+	base := "issuer: http://gw.example\nkey: [\"file://" + key + "\"]\nlisten: 127.0.0.1:0\nadmin-listen: \"\"\nidentity: headers\ntrusted-proxy: [127.0.0.1]\n"
+	for name, c := range map[string]struct {
+		yaml string
+		args []string
+		want string
+	}{
+		"typo in a rule": {base + "routes:\n  - name: wiki\n    upstream: http://127.0.0.1:1\n    policy:\n      allow:\n        or:\n          - domain: {is: example.com}\n          - grups: {has: admins}\n", nil,
+			`route "wiki": policy: allow.or[2].grups (line 14): unknown rule "grups"`},
+		"no policy": {base + "routes:\n  - path: /api/\n    upstream: http://127.0.0.1:1\n", nil,
+			`route 1 (host "", path "/api/"): no policy`},
+		"bad default": {base + "upstream: http://127.0.0.1:1\npolicy:\n  allow: {email: {is: nobody}}\n", nil,
+			`default policy: allow.email.is (line 9): "nobody" is not an email address`},
+		"bad claim header": {base + "allow: any-authenticated\nroutes:\n  - upstream: http://127.0.0.1:1\n    claim-headers: {email: X-Forwarded-Email}\n", nil,
+			"X-Forwarded-Email is a header the proxy already governs"},
+		"unknown claim": {base + "allow: any-authenticated\nroutes:\n  - upstream: http://127.0.0.1:1\n    claim-headers: {phone: X-Phone}\n", nil,
+			`unknown claim "phone"`},
+		"bad groups filter": {base + "allow: any-authenticated\nroutes:\n  - upstream: http://127.0.0.1:1\n    groups-filter: \"team-(\"\n", nil,
+			`groups-filter "team-("`},
+		"bad --allow": {base + "upstream: http://127.0.0.1:1\n", []string{"--allow", "everyone"},
+			`--allow "everyone": want any-authenticated`},
+		"both defaults": {base + "upstream: http://127.0.0.1:1\npolicy: {allow: any-authenticated}\n", []string{"--allow", "any-authenticated"},
+			"--allow and the config file's policy: both set the default policy"},
+	} {
+		path := writeFile(t, "policy.yaml", c.yaml)
+		_, errOut, code := run(t, nil, append([]string{"serve", "--config", path}, c.args...)...)
+		if code != 2 || !strings.Contains(errOut, c.want) {
+			t.Errorf("%s: exit %d, stderr %q; want 2 and %q", name, code, errOut, c.want)
+		}
+	}
+}

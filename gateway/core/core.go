@@ -348,8 +348,11 @@ func (c *Core) buildProxy(ctx context.Context) (*proxyState, error) {
 			continue
 		}
 		name := fmt.Sprintf("route %d (host %q, path %q)", i+1, r.Host, r.Path)
-		if r == catchAll {
+		switch {
+		case r == catchAll:
 			name = "--upstream"
+		case r.Name != "":
+			name = fmt.Sprintf("route %q", r.Name)
 		}
 		if err := r.Prepare(name, pc.Header, pc.Identity); err != nil {
 			return nil, err
@@ -369,10 +372,15 @@ func (c *Core) buildProxy(ctx context.Context) (*proxyState, error) {
 		names = append(names, r.Identity)
 	}
 	guards := map[*route.Route]guard{}
+	named := map[string]bool{}
 	for _, r := range append(slices.Clone(routes), catchAll) {
 		if r == nil {
 			continue
 		}
+		if named[r.Name] {
+			return nil, fmt.Errorf("%s: another route has the name %q; route names label metrics and logs, so each must be its own", r.Label, r.Name)
+		}
+		named[r.Name] = true
 		g, err := c.newGuard(r, defaultPolicy, &p.rules)
 		if err != nil {
 			return nil, err
