@@ -318,8 +318,11 @@ func TestCallerCancellation(t *testing.T) {
 		}
 		retry := Retry{Attempts: 5, Base: time.Second, Max: time.Second}
 
-		// Canceled during an attempt: not retried.
-		c := &Caller{Kind: "test", Retry: retry, Retryable: func(error) bool { return true }}
+		// Canceled during an attempt: not retried, and not reported as
+		// retryable, even by a Retryable that says yes to everything.
+		var flags []bool
+		c := &Caller{Kind: "test", Retry: retry, Retryable: func(error) bool { return true },
+			OnFailure: func(_ error, retryable bool) { flags = append(flags, retryable) }}
 		ctx, cancel := context.WithCancel(context.Background())
 		calls := 0
 		err := c.Do(ctx, func(ctx context.Context) error {
@@ -328,8 +331,8 @@ func TestCallerCancellation(t *testing.T) {
 			return ctx.Err()
 		})
 		check("during an attempt", err)
-		if calls != 1 {
-			t.Fatalf("%d calls after a cancellation, want 1", calls)
+		if calls != 1 || len(flags) != 1 || flags[0] {
+			t.Fatalf("%d calls after a cancellation, OnFailure saw %v; want 1 call, not retryable", calls, flags)
 		}
 
 		// Canceled before the call: no attempt.
