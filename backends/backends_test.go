@@ -64,38 +64,6 @@ func TestKind(t *testing.T) {
 	}
 }
 
-func TestRetry(t *testing.T) {
-	retryable := func(err error) bool { return errors.Is(err, ErrUnavailable) }
-	calls := 0
-	err := Retry{Attempts: 3, Base: time.Millisecond}.Do(context.Background(), retryable, func(context.Context) error {
-		calls++
-		return ErrUnavailable
-	})
-	if calls != 3 || !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("calls %d err %v", calls, err)
-	}
-	calls = 0
-	err = Retry{Attempts: 5, Base: time.Millisecond}.Do(context.Background(), retryable, func(context.Context) error {
-		calls++
-		return ErrPermission
-	})
-	if calls != 1 || !errors.Is(err, ErrPermission) {
-		t.Fatalf("non-retryable: calls %d err %v", calls, err)
-	}
-	// A backoff that would pass the deadline is not slept.
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	start := time.Now()
-	calls = 0
-	_ = Retry{Attempts: 10, Base: time.Second, Max: time.Second}.Do(ctx, retryable, func(context.Context) error {
-		calls++
-		return ErrUnavailable
-	})
-	if took := time.Since(start); took > 500*time.Millisecond {
-		t.Fatalf("retry slept past the deadline: %s, %d calls", took, calls)
-	}
-}
-
 func TestLimiter(t *testing.T) {
 	l := NewLimiter(1)
 	ctx := context.Background()

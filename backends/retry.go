@@ -10,8 +10,8 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Retry is a bounded exponential backoff with full jitter, used by the KMS
-// backends for calls that failed with a retryable error.
+// Retry is a bounded exponential backoff with full jitter: how many attempts
+// a Caller makes and how long it waits between them.
 type Retry struct {
 	// Attempts is the most calls made in all, the first included (default 4).
 	Attempts int
@@ -21,39 +21,32 @@ type Retry struct {
 	Max time.Duration
 }
 
-// Do calls fn until it succeeds, returns an error for which retryable is
-// false, the attempts run out, or the next backoff would pass ctx's deadline.
-// It never sleeps past ctx's deadline; the last error is returned.
-func (p Retry) Do(ctx context.Context, retryable func(error) bool, fn func(context.Context) error) error {
-	attempts, base, maxWait := p.Attempts, p.Base, p.Max
-	if attempts <= 0 {
-		attempts = 4
+func (p Retry) attempts() int {
+	if p.Attempts <= 0 {
+		return 4
 	}
+	return p.Attempts
+}
+
+// backoff returns the wait after failed attempt i (0 for the first): a
+// random duration in (0, min(Base<<i, Max)].
+func (p Retry) backoff(i int) time.Duration {
+	base, maxWait := p.Base, p.Max
 	if base <= 0 {
 		base = 25 * time.Millisecond
 	}
 	if maxWait <= 0 {
 		maxWait = time.Second
 	}
-	var err error
-	for i := 0; i < attempts; i++ {
-		if err = fn(ctx); err == nil || !retryable(err) || i == attempts-1 {
-			return err
+	ceil := min(base, maxWait)
+	for range i {
+		if ceil > maxWait/2 {
+			ceil = maxWait
+			break
 		}
-		backoff := min(base<<i, maxWait)
-		wait := time.Duration(rand.Int64N(int64(backoff)) + 1)
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
-			return err
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return err
-		case <-t.C:
-		}
+		ceil *= 2
 	}
-	return err
+	return time.Duration(rand.Int64N(int64(ceil)) + 1)
 }
 
 // Limiter is the client-side rate limit of one backend (--backend-qps).
@@ -69,14 +62,15 @@ func NewLimiter(qps float64) *Limiter {
 }
 
 // Wait blocks until a call is allowed. When ctx's deadline comes before the
-// next free slot it fails at once with ErrThrottled instead of waiting.
+// next free slot it fails at once with ErrThrottled instead of waiting. A
+// context that ends first gives its error, mapped by Deadline.
 func (l *Limiter) Wait(ctx context.Context, kind string) error {
 	if l == nil || l.l == nil {
 		return nil
 	}
 	if err := l.l.Wait(ctx); err != nil {
-		if errors.Is(err, context.Canceled) {
-			return fmt.Errorf("%s: %w", kind, err)
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("%s: waiting for the client-side rate limit: %w", kind, Deadline(err))
 		}
 		return fmt.Errorf("%s: client-side rate limit (--backend-qps): %w", kind, ErrThrottled)
 	}

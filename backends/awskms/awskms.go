@@ -81,14 +81,12 @@ func init() { backends.Register(Scheme, Open) }
 
 // Backend is one awskms key URI. It is safe for concurrent use.
 type Backend struct {
-	client  *kms.Client
-	log     *slog.Logger
-	limiter *backends.Limiter
-	target  target
-
-	timeout        time.Duration
-	attemptTimeout time.Duration
-	retry          backends.Retry
+	client *kms.Client
+	log    *slog.Logger
+	target target
+	// caller runs every AWS call: deadlines, --backend-qps, retries. Each
+	// op makes exactly one SDK call and returns its error unclassified.
+	caller backends.Caller
 
 	mu   sync.Mutex                                  // serialises writers of pubs
 	pubs atomic.Pointer[map[string]*ecdsa.PublicKey] // public keys by key ARN; a key's public key never changes
@@ -142,14 +140,18 @@ func Open(ctx context.Context, u *url.URL, opts backends.Options) (backends.Back
 		o.Retryer = aws.NopRetryer{}
 		o.RetryMaxAttempts = 0
 	})
-	b := &Backend{
-		client:         client,
-		log:            logger,
-		limiter:        backends.NewLimiter(opts.QPS),
-		target:         t,
-		timeout:        DefaultTimeout,
-		attemptTimeout: DefaultAttemptTimeout,
-		retry:          backends.Retry{Attempts: DefaultAttempts, Base: 25 * time.Millisecond, Max: time.Second},
+	b := &Backend{client: client, log: logger, target: t}
+	b.caller = backends.Caller{
+		Kind:           Scheme,
+		Timeout:        DefaultTimeout,
+		AttemptTimeout: DefaultAttemptTimeout,
+		Retry:          backends.Retry{Attempts: DefaultAttempts, Base: 25 * time.Millisecond, Max: time.Second},
+		Limiter:        backends.NewLimiter(opts.QPS),
+		Classify:       classify,
+		Retryable:      retryable,
+		OnFailure: func(err error, retryable bool) {
+			b.log.Debug("AWS KMS call failed", "kind", backends.Kind(err), "retryable", retryable, "err", err.Error())
+		},
 	}
 	b.pubs.Store(&map[string]*ecdsa.PublicKey{})
 	if t.endpoint != "" {
@@ -237,12 +239,4 @@ func (s sdkLogger) Logf(c logging.Classification, format string, v ...any) {
 		return
 	}
 	s.l.Debug(msg, "source", "aws-sdk")
-}
-
-// withTimeout gives ctx the backend's default deadline when it has none.
-func (b *Backend) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return ctx, func() {}
-	}
-	return context.WithTimeout(ctx, b.timeout)
 }

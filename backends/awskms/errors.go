@@ -122,12 +122,9 @@ func classify(err error) error {
 }
 
 // retryable reports whether a failed attempt is worth another: throttling,
-// a 5xx answer, or a timeout of the attempt (not of the whole call, which
-// parent reports).
-func retryable(parent context.Context, err error) bool {
-	if parent.Err() != nil {
-		return false
-	}
+// a 5xx answer, or a timeout of the attempt (the Caller does not ask once
+// the whole call's deadline has passed).
+func retryable(err error) bool {
 	code, status := apiCode(err)
 	if _, ok := retry.DefaultThrottleErrorCodes[code]; ok || status == http.StatusTooManyRequests {
 		return true
@@ -143,38 +140,4 @@ func retryable(parent context.Context, err error) bool {
 	}
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// attemptError is the error of one attempt, classified, with whether it may
-// be retried.
-type attemptError struct {
-	err   error
-	retry bool
-}
-
-func (e *attemptError) Error() string { return e.err.Error() }
-func (e *attemptError) Unwrap() error { return e.err }
-
-func isRetryable(err error) bool {
-	var ae *attemptError
-	return errors.As(err, &ae) && ae.retry
-}
-
-// call runs one AWS operation with the backend's rate limit, per-attempt
-// timeout and retry policy. fn must make exactly one SDK call.
-func (b *Backend) call(ctx context.Context, fn func(context.Context) error) error {
-	return b.retry.Do(ctx, isRetryable, func(ctx context.Context) error {
-		if err := b.limiter.Wait(ctx, Scheme); err != nil {
-			return err // ErrThrottled when the deadline comes first: not retried
-		}
-		actx, cancel := context.WithTimeout(ctx, b.attemptTimeout)
-		err := fn(actx)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		ae := &attemptError{err: classify(err), retry: retryable(ctx, err)}
-		b.log.Debug("AWS KMS call failed", "kind", backends.Kind(ae.err), "retryable", ae.retry, "err", ae.err.Error())
-		return ae
-	})
 }

@@ -10,8 +10,11 @@ import (
 // awskms backend, so that tests of timeouts and retries run quickly.
 func SetTiming(b backends.Backend, attempt time.Duration, r backends.Retry) {
 	ab := b.(*Backend)
-	ab.attemptTimeout, ab.retry = attempt, r
+	ab.caller.AttemptTimeout, ab.caller.Retry = attempt, r
 }
+
+// CallStats returns the counters of an opened awskms backend's call loop.
+func CallStats(b backends.Backend) backends.CallStats { return b.(*Backend).caller.Stats() }
 
 // ParseURI exposes parseURI: the key reference or alias prefix, the region
 // and the endpoint a URI names.

@@ -327,15 +327,69 @@ func TestBackendQPS(t *testing.T) {
 		t.Fatalf("20 signatures at 10 qps took %s, want about 1s", took)
 	}
 	s.p.resetCounts()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	// Drain the bucket, then one more call with a short deadline.
+	// Drain the bucket, then one more call with a deadline shorter than
+	// the next slot (100ms away).
 	var err error
 	for i := 0; i < 30 && err == nil; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		_, err = s.b.Sign(ctx, s.arn, s.d)
+		cancel()
 	}
 	if !errors.Is(err, backends.ErrThrottled) || !strings.Contains(err.Error(), "backend-qps") {
 		t.Fatalf("%v, want ErrThrottled from the client-side limit", err)
+	}
+}
+
+// TestLimiterRefusal: a call that --backend-qps cannot fit before its
+// deadline is treated as in every remote backend (backends.Caller): it is
+// ErrThrottled, returned at once and never retried. Refused before the
+// first attempt, nothing reaches AWS; refused before a retry, the one failed
+// call is all that did.
+func TestLimiterRefusal(t *testing.T) {
+	s := newFaultSetup(t, backends.Options{QPS: 1}) // burst 1
+	// This signature takes the token after Versions' calls: the next one
+	// is a second away.
+	if _, err := s.b.Sign(ctxT(t), s.arn, s.d); err != nil {
+		t.Fatal(err)
+	}
+	s.p.resetCounts()
+	before := awskms.CallStats(s.b)
+
+	// Deadline 500ms, next slot in 1s: refused before the first attempt.
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := s.b.Sign(ctx, s.arn, s.d)
+	if took := time.Since(start); took > 250*time.Millisecond {
+		t.Fatalf("refusal took %s, want it at once, not at the 500ms deadline", took)
+	}
+	checkRefusal(t, err)
+	if n := s.p.count("Sign"); n != 0 {
+		t.Fatalf("%d Sign calls, want none", n)
+	}
+
+	// Deadline 1.5s: the first attempt gets the slot at 1s and fails with
+	// a retryable 503; the retry's slot (2s) is past the deadline, so the
+	// call ends ErrThrottled with no retry.
+	s.p.inject(fault{op: "Sign", n: 1, status: 503, body: awsError("ServiceUnavailableException")})
+	ctx, cancel = context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	_, err = s.b.Sign(ctx, s.arn, s.d)
+	checkRefusal(t, err)
+	if n := s.p.count("Sign"); n != 1 {
+		t.Fatalf("%d Sign calls, want 1 (the failed attempt, no retry)", n)
+	}
+	after := awskms.CallStats(s.b)
+	if got := [3]uint64{after.Attempts - before.Attempts, after.Retries - before.Retries, after.Refused - before.Refused}; got != [3]uint64{1, 0, 2} {
+		t.Fatalf("attempts/retries/refusals %v, want [1 0 2]", got)
+	}
+}
+
+// checkRefusal checks that err is the client-side limit's refusal.
+func checkRefusal(t *testing.T, err error) {
+	t.Helper()
+	if !errors.Is(err, backends.ErrThrottled) || backends.Kind(err) != "throttled" || !strings.Contains(err.Error(), "--backend-qps") {
+		t.Fatalf("%v (kind %q), want ErrThrottled from the client-side limit", err, backends.Kind(err))
 	}
 }
 

@@ -27,7 +27,7 @@ func (b *Backend) Sign(ctx context.Context, id string, digest []byte) ([]byte, e
 	if (*b.pubs.Load())[id] == nil {
 		return nil, fmt.Errorf("awskms: sign with %s: %w: not an enabled key version of %s (list versions first)", id, backends.ErrNotFound, b.target)
 	}
-	ctx, cancel := b.withTimeout(ctx)
+	ctx, cancel := b.caller.WithTimeout(ctx)
 	defer cancel()
 	in := &kms.SignInput{
 		KeyId:            aws.String(id),
@@ -36,7 +36,7 @@ func (b *Backend) Sign(ctx context.Context, id string, digest []byte) ([]byte, e
 		SigningAlgorithm: types.SigningAlgorithmSpecEcdsaSha256,
 	}
 	var out *kms.SignOutput
-	err := b.call(ctx, func(ctx context.Context) error {
+	err := b.caller.Do(ctx, func(ctx context.Context) error {
 		var err error
 		out, err = b.client.Sign(ctx, in)
 		return err

@@ -25,7 +25,7 @@ import (
 // the gateway drops them from the JWKS. Public keys are fetched once per key
 // and kept: a KMS key's key pair never changes.
 func (b *Backend) Versions(ctx context.Context) ([]backends.Version, error) {
-	ctx, cancel := b.withTimeout(ctx)
+	ctx, cancel := b.caller.WithTimeout(ctx)
 	defer cancel()
 	refs := []string{b.target.ref}
 	if b.target.prefix != "" {
@@ -71,7 +71,7 @@ func (b *Backend) aliasTargets(ctx context.Context) ([]string, error) {
 	)
 	for {
 		var page *kms.ListAliasesOutput
-		err := b.call(ctx, func(ctx context.Context) error {
+		err := b.caller.Do(ctx, func(ctx context.Context) error {
 			var err error
 			page, err = b.client.ListAliases(ctx, &kms.ListAliasesInput{Marker: marker, Limit: aws.Int32(100)})
 			return err
@@ -108,7 +108,7 @@ func (b *Backend) aliasTargets(ctx context.Context) ([]string, error) {
 // Enabled key its type and public key.
 func (b *Backend) describe(ctx context.Context, ref string) (backends.Version, error) {
 	var d *kms.DescribeKeyOutput
-	err := b.call(ctx, func(ctx context.Context) error {
+	err := b.caller.Do(ctx, func(ctx context.Context) error {
 		var err error
 		d, err = b.client.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(ref)})
 		return err
@@ -133,7 +133,7 @@ func (b *Backend) describe(ctx context.Context, ref string) (backends.Version, e
 		return v, nil
 	}
 	var p *kms.GetPublicKeyOutput
-	err = b.call(ctx, func(ctx context.Context) error {
+	err = b.caller.Do(ctx, func(ctx context.Context) error {
 		var err error
 		p, err = b.client.GetPublicKey(ctx, &kms.GetPublicKeyInput{KeyId: aws.String(arn)})
 		return err

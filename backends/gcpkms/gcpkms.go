@@ -94,16 +94,14 @@ var (
 type Backend struct {
 	client   *kms.KeyManagementClient
 	log      *slog.Logger
-	limiter  *backends.Limiter
 	key      string // CryptoKey resource name
 	pinned   string // CryptoKeyVersion resource name when the URI names one
 	endpoint string // "" for the default endpoint
 
-	timeout        time.Duration
-	attemptTimeout time.Duration
-	retry          backends.Retry
-	pollInterval   time.Duration
-	pollFor        time.Duration
+	// caller runs every RPC (see call): deadlines, --backend-qps, retries.
+	caller       backends.Caller
+	pollInterval time.Duration
+	pollFor      time.Duration
 
 	keyChecked atomic.Bool // GetCryptoKey confirmed an ASYMMETRIC_SIGN key
 
@@ -157,22 +155,26 @@ func Open(ctx context.Context, u *url.URL, opts backends.Options) (backends.Back
 	}
 	bg, stop := context.WithCancel(context.Background())
 	b := &Backend{
-		client:         client,
-		log:            logger.With("backend", Scheme),
-		limiter:        backends.NewLimiter(opts.QPS),
-		key:            key,
-		pinned:         pinned,
-		endpoint:       endpoint,
-		timeout:        DefaultTimeout,
-		attemptTimeout: DefaultAttemptTimeout,
-		retry:          backends.Retry{Attempts: DefaultAttempts, Base: 20 * time.Millisecond, Max: 500 * time.Millisecond},
-		pollInterval:   DefaultPollInterval,
-		pollFor:        DefaultPollFor,
-		pubs:           map[string]*ecdsa.PublicKey{},
-		polling:        map[string]bool{},
-		warned:         map[string]bool{},
-		bg:             bg,
-		stop:           stop,
+		client:   client,
+		log:      logger.With("backend", Scheme),
+		key:      key,
+		pinned:   pinned,
+		endpoint: endpoint,
+		caller: backends.Caller{
+			Kind:           Scheme,
+			Timeout:        DefaultTimeout,
+			AttemptTimeout: DefaultAttemptTimeout,
+			Retry:          backends.Retry{Attempts: DefaultAttempts, Base: 20 * time.Millisecond, Max: 500 * time.Millisecond},
+			Limiter:        backends.NewLimiter(opts.QPS),
+			Retryable:      retryable,
+		},
+		pollInterval: DefaultPollInterval,
+		pollFor:      DefaultPollFor,
+		pubs:         map[string]*ecdsa.PublicKey{},
+		polling:      map[string]bool{},
+		warned:       map[string]bool{},
+		bg:           bg,
+		stop:         stop,
 	}
 	return b, nil
 }
@@ -278,27 +280,9 @@ func (b *Backend) Close() error {
 	return nil
 }
 
-// withTimeout gives ctx the default deadline when it has none.
-func (b *Backend) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return ctx, func() {}
-	}
-	return context.WithTimeout(ctx, b.timeout)
-}
-
 // retryable reports whether a failed call is worth another attempt: the
 // service was unavailable, throttled us, or gave an answer that failed an
 // integrity check.
 func retryable(err error) bool {
-	var f final
-	if errors.Is(err, context.Canceled) || errors.As(err, &f) {
-		return false
-	}
 	return errors.Is(err, backends.ErrIntegrity) || errors.Is(err, backends.ErrUnavailable) || errors.Is(err, backends.ErrThrottled)
 }
-
-// final marks an error that is not worth another attempt even though its
-// kind usually is.
-type final struct{ error }
-
-func (f final) Unwrap() error { return f.error }

@@ -610,3 +610,56 @@ func TestClientRateLimit(t *testing.T) {
 		t.Fatalf("took %s", took)
 	}
 }
+
+// TestLimiterRefusal: a call that --backend-qps cannot fit before its
+// deadline is treated as in every remote backend (backends.Caller): it is
+// ErrThrottled, returned at once and never retried. Refused before the
+// first attempt, nothing reaches the service; refused before a retry, the
+// one failed call is all that did.
+func TestLimiterRefusal(t *testing.T) {
+	e := newEnv(t)
+	v := e.addVersion(fakekms.VersionSpec{})
+	b := e.open(keyName, backends.Options{QPS: 1}) // burst 1
+	// This signature takes the only token: the next one is a second away.
+	if _, err := b.Sign(ctxTimeout(t, 5*time.Second), v, digest("x")); err != nil {
+		t.Fatal(err)
+	}
+	before := gcpkms.CallStats(b)
+	signs := e.fake.Calls(fakekms.AsymmetricSign)
+
+	// Deadline 500ms, next slot in 1s: refused before the first attempt.
+	start := time.Now()
+	_, err := b.Sign(ctxTimeout(t, 500*time.Millisecond), v, digest("x"))
+	if took := time.Since(start); took > 250*time.Millisecond {
+		t.Fatalf("refusal took %s, want it at once, not at the 500ms deadline", took)
+	}
+	checkRefusal(t, err)
+	if n := e.fake.Calls(fakekms.AsymmetricSign) - signs; n != 0 {
+		t.Fatalf("%d AsymmetricSign calls, want none", n)
+	}
+
+	// Deadline 1.5s: the first attempt gets the slot at 1s and fails with
+	// a retryable UNAVAILABLE; the retry's slot (2s) is past the deadline,
+	// so the call ends ErrThrottled with no retry.
+	e.fake.Inject(fakekms.Fault{Method: fakekms.AsymmetricSign, Code: codes.Unavailable, Times: 1})
+	_, err = b.Sign(ctxTimeout(t, 1500*time.Millisecond), v, digest("x"))
+	checkRefusal(t, err)
+	if n := e.fake.Calls(fakekms.AsymmetricSign) - signs; n != 1 {
+		t.Fatalf("%d AsymmetricSign calls, want 1 (the failed attempt, no retry)", n)
+	}
+	after := gcpkms.CallStats(b)
+	if got := [3]uint64{after.Attempts - before.Attempts, after.Retries - before.Retries, after.Refused - before.Refused}; got != [3]uint64{1, 0, 2} {
+		t.Fatalf("attempts/retries/refusals %v, want [1 0 2]", got)
+	}
+	if st := b.Stats(); st.Retries != 0 {
+		t.Fatalf("Stats().Retries = %d, want 0", st.Retries)
+	}
+}
+
+// checkRefusal checks that err is the client-side limit's refusal.
+func checkRefusal(t *testing.T, err error) {
+	t.Helper()
+	if !errors.Is(err, backends.ErrThrottled) || backends.Kind(err) != "throttled" || !strings.Contains(err.Error(), "--backend-qps") {
+		t.Fatalf("%v (kind %q), want ErrThrottled from the client-side limit", err, backends.Kind(err))
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"cloud.google.com/go/kms/apiv1/kmspb"
 	"github.com/googleapis/gax-go/v2"
@@ -37,7 +36,7 @@ func (b *Backend) Sign(ctx context.Context, versionID string, digest []byte) ([]
 	if len(digest) != sha256.Size {
 		return nil, fmt.Errorf("gcpkms: sign with %s: digest is %d bytes, want %d (SHA-256)", versionID, len(digest), sha256.Size)
 	}
-	ctx, cancel := b.withTimeout(ctx)
+	ctx, cancel := b.caller.WithTimeout(ctx)
 	defer cancel()
 	req := &kmspb.AsymmetricSignRequest{
 		Name:         versionID,
@@ -117,7 +116,6 @@ type Stats struct {
 type stats struct {
 	mu         sync.Mutex
 	mismatches map[string]uint64
-	retries    atomic.Uint64
 }
 
 func (s *stats) count(check string) {
@@ -137,5 +135,5 @@ func (b *Backend) Stats() Stats {
 	for k, v := range b.stats.mismatches {
 		m[k] = v
 	}
-	return Stats{IntegrityMismatches: m, Retries: b.stats.retries.Load()}
+	return Stats{IntegrityMismatches: m, Retries: b.caller.Stats().Retries}
 }

@@ -34,40 +34,21 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 func crc32c(b []byte) int64 { return int64(crc32.Checksum(b, castagnoli)) }
 
 // callOptions turn off the client library's own retries (up to 60 s for
-// some methods) and its 60 s default timeout: each attempt gets a deadline
-// that fits the caller's, and the backend retries itself, a bounded number of
-// times, within that deadline.
-func (b *Backend) callOptions(ctx context.Context) []gax.CallOption {
-	timeout := b.attemptTimeout
+// some methods) and its 60 s default timeout: the RPC gets the attempt's
+// deadline, and the backend's Caller retries, a bounded number of times,
+// within the call's deadline.
+func callOptions(ctx context.Context) []gax.CallOption {
+	timeout := DefaultAttemptTimeout
 	if dl, ok := ctx.Deadline(); ok {
-		timeout = min(timeout, time.Until(dl))
+		timeout = time.Until(dl)
 	}
 	return []gax.CallOption{gax.WithRetry(nil), gax.WithTimeout(max(timeout, time.Millisecond))}
 }
 
-// call runs one RPC under the retry policy: each attempt waits for the
-// client-side rate limit and gets at most attemptTimeout of the caller's
-// deadline; retryable failures are tried again with backoff while attempts
-// and time remain.
+// call runs one RPC through the backend's Caller (deadlines, rate limit,
+// retries), with the call options of each attempt.
 func (b *Backend) call(ctx context.Context, fn func(ctx context.Context, opts []gax.CallOption) error) error {
-	attempt := 0
-	err := b.retry.Do(ctx, retryable, func(ctx context.Context) error {
-		if attempt++; attempt > 1 {
-			b.stats.retries.Add(1)
-		}
-		if err := b.limiter.Wait(ctx, Scheme); err != nil {
-			// The limiter only refuses when no slot comes before the
-			// deadline; trying again cannot help.
-			return final{err}
-		}
-		actx, cancel := context.WithTimeout(ctx, b.attemptTimeout)
-		defer cancel()
-		return fn(actx, b.callOptions(actx))
-	})
-	if err != nil && ctx.Err() != nil && !errors.Is(err, backends.ErrUnavailable) && !errors.Is(err, context.Canceled) {
-		err = fmt.Errorf("%w: %w", err, backends.Deadline(ctx.Err()))
-	}
-	return err
+	return b.caller.Do(ctx, func(ctx context.Context) error { return fn(ctx, callOptions(ctx)) })
 }
 
 // Versions implements backends.Backend. For a CryptoKey it lists every
@@ -78,7 +59,7 @@ func (b *Backend) call(ctx context.Context, fn func(ctx context.Context, opts []
 // pinned one is refused with backends.ErrKeyType. PENDING_GENERATION
 // versions are polled in the background until they are generated.
 func (b *Backend) Versions(ctx context.Context) ([]backends.Version, error) {
-	ctx, cancel := b.withTimeout(ctx)
+	ctx, cancel := b.caller.WithTimeout(ctx)
 	defer cancel()
 	if b.pinned != "" {
 		var p *kmspb.CryptoKeyVersion
@@ -359,7 +340,7 @@ func (b *Backend) poll(name string) {
 }
 
 func (b *Backend) pollOnce(name string) (done bool) {
-	ctx, cancel := context.WithTimeout(b.bg, b.timeout)
+	ctx, cancel := b.caller.WithTimeout(b.bg)
 	defer cancel()
 	var p *kmspb.CryptoKeyVersion
 	err := b.call(ctx, func(ctx context.Context, opts []gax.CallOption) error {

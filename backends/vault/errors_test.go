@@ -209,3 +209,59 @@ func closedAddr(t testing.TB) string {
 	srv.Close()
 	return addr
 }
+
+// TestLimiterRefusal: a call that --backend-qps cannot fit before its
+// deadline is treated as in every remote backend (backends.Caller): it is
+// ErrThrottled, returned at once and never retried. Refused before the
+// first attempt, nothing reaches Vault; refused before a retry, the one
+// failed request is all that did.
+func TestLimiterRefusal(t *testing.T) {
+	e := newEnv(t)
+	name := keyName(t)
+	e.createKey("transit", name, "ecdsa-p256")
+	proxy := newFaultProxy(t, e.addr)
+	t.Setenv("VAULT_ADDR", proxy.srv.URL)
+	b := e.openWith("hashivault://"+name, backends.Options{QPS: 1}) // burst 1
+	id := name + "/v1"
+	sign := "/transit/sign/" + name
+	digest := sha256.Sum256([]byte("x"))
+	// This signature takes the only token: the next one is a second away.
+	if _, err := b.Sign(ctxTimeout(t, 5*time.Second), id, digest[:]); err != nil {
+		t.Fatal(err)
+	}
+	before := vault.CallStats(b)
+
+	// Deadline 500ms, next slot in 1s: refused before the first attempt.
+	proxy.set(&fault{path: sign}) // counts sign requests, answers none
+	start := time.Now()
+	_, err := b.Sign(ctxTimeout(t, 500*time.Millisecond), id, digest[:])
+	if took := time.Since(start); took > 250*time.Millisecond {
+		t.Fatalf("refusal took %s, want it at once, not at the 500ms deadline", took)
+	}
+	checkRefusal(t, err)
+	if n := proxy.requests(sign); n != 0 {
+		t.Fatalf("%d sign requests, want none", n)
+	}
+
+	// Deadline 1.5s: the first attempt gets the slot at 1s and fails with
+	// a retryable 503; the retry's slot (2s) is past the deadline, so the
+	// call ends ErrThrottled with no retry.
+	proxy.set(&fault{path: sign, status: 503, body: `{"errors":["Vault is sealed"]}`, count: 1})
+	_, err = b.Sign(ctxTimeout(t, 1500*time.Millisecond), id, digest[:])
+	checkRefusal(t, err)
+	if n := proxy.requests(sign); n != 1 {
+		t.Fatalf("%d sign requests, want 1 (the failed attempt, no retry)", n)
+	}
+	after := vault.CallStats(b)
+	if got := [3]uint64{after.Attempts - before.Attempts, after.Retries - before.Retries, after.Refused - before.Refused}; got != [3]uint64{1, 0, 2} {
+		t.Fatalf("attempts/retries/refusals %v, want [1 0 2]", got)
+	}
+}
+
+// checkRefusal checks that err is the client-side limit's refusal.
+func checkRefusal(t *testing.T, err error) {
+	t.Helper()
+	if !errors.Is(err, backends.ErrThrottled) || backends.Kind(err) != "throttled" || !strings.Contains(err.Error(), "--backend-qps") {
+		t.Fatalf("%v (kind %q), want ErrThrottled from the client-side limit", err, backends.Kind(err))
+	}
+}

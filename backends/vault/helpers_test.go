@@ -168,7 +168,14 @@ func (e *env) keyVersions(mount, name string) map[int]vaultKey {
 // it when the test ends.
 func (e *env) open(uri string) *vault.Backend {
 	e.t.Helper()
-	b, err := backends.Open(context.Background(), uri, backends.Options{Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	return e.openWith(uri, backends.Options{})
+}
+
+// openWith is open with options (the logger is set here).
+func (e *env) openWith(uri string, opts backends.Options) *vault.Backend {
+	e.t.Helper()
+	opts.Logger = slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	b, err := backends.Open(context.Background(), uri, opts)
 	if err != nil {
 		e.t.Fatalf("open %s: %v", uri, err)
 	}

@@ -103,18 +103,17 @@ func init() { backends.Register(Scheme, Open) }
 
 // Backend is one hashivault key URI. It is safe for concurrent use.
 type Backend struct {
-	client  *api.Client
-	auth    *authenticator
-	limiter *backends.Limiter
-	name    string // Transit key name
-	mount   string // Transit mount path, without slashes at either end
+	client *api.Client
+	auth   *authenticator
+	name   string // Transit key name
+	mount  string // Transit mount path, without slashes at either end
 
 	keysPath string // MOUNT/keys/NAME
 	signPath string // MOUNT/sign/NAME
 
-	timeout        time.Duration
-	attemptTimeout time.Duration
-	retry          backends.Retry
+	// caller runs every Vault request (see call): deadlines,
+	// --backend-qps, retries.
+	caller backends.Caller
 
 	closeOnce sync.Once
 }
@@ -141,16 +140,20 @@ func Open(ctx context.Context, u *url.URL, opts backends.Options) (backends.Back
 		return nil, fmt.Errorf("vault: %s: %w", describe(name, mount), err)
 	}
 	b := &Backend{
-		client:         client,
-		auth:           auth,
-		limiter:        backends.NewLimiter(opts.QPS),
-		name:           name,
-		mount:          mount,
-		keysPath:       mount + "/keys/" + name,
-		signPath:       mount + "/sign/" + name,
-		timeout:        DefaultTimeout,
-		attemptTimeout: DefaultAttemptTimeout,
-		retry:          backends.Retry{Attempts: DefaultAttempts},
+		client:   client,
+		auth:     auth,
+		name:     name,
+		mount:    mount,
+		keysPath: mount + "/keys/" + name,
+		signPath: mount + "/sign/" + name,
+		caller: backends.Caller{
+			Kind:           "vault",
+			Timeout:        DefaultTimeout,
+			AttemptTimeout: DefaultAttemptTimeout,
+			Retry:          backends.Retry{Attempts: DefaultAttempts},
+			Limiter:        backends.NewLimiter(opts.QPS),
+			Retryable:      retryable,
+		},
 	}
 	auth.start()
 	return b, nil
@@ -232,32 +235,20 @@ func describe(name, mount string) string {
 	return "hashivault://" + name + "?mount=" + mount
 }
 
-// call runs one Vault operation with the call's deadline (DefaultTimeout when
-// ctx has none), the client-side rate limit, a login when one is needed, a
-// deadline per attempt, and retries of retryable errors with backoff.
+// call runs one Vault operation through the backend's Caller (deadlines,
+// rate limit, retries). Each attempt first gets the login token (logging in
+// when needed); when Vault refuses a login token, it is dropped and the
+// attempt is retried once with a new login.
 func (b *Backend) call(ctx context.Context, op func(ctx context.Context) error) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, b.timeout)
-		defer cancel()
-	}
-	err := b.retry.Do(ctx, retryable, func(ctx context.Context) error {
-		if err := b.limiter.Wait(ctx, "vault"); err != nil {
-			return err
-		}
-		actx, cancel := context.WithTimeout(ctx, b.attemptTimeout)
-		defer cancel()
-		tok, err := b.auth.token(actx)
+	return b.caller.Do(ctx, func(ctx context.Context) error {
+		tok, err := b.auth.token(ctx)
 		if err != nil {
 			return err
 		}
-		err = op(actx)
+		err = op(ctx)
 		if errors.Is(err, backends.ErrPermission) && b.auth.invalidate(tok) {
-			// The login token was refused: it may have been revoked or
-			// have expired. Log in again once and retry.
 			return fmt.Errorf("%w (logging in again)", errors.Join(err, errRelogin))
 		}
 		return err
 	})
-	return backends.Deadline(err)
 }
