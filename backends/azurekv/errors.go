@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -181,9 +183,12 @@ func retryable(parent context.Context, err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) {
 		return true // the attempt's own timeout
 	}
+	// The connection was lost or timed out before the answer: signing and
+	// reading are safe to repeat.
 	var ne net.Error
 	var oe *net.OpError
-	return errors.As(err, &ne) && ne.Timeout() || errors.As(err, &oe)
+	return errors.As(err, &ne) && ne.Timeout() || errors.As(err, &oe) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
 }
 
 // attemptError is the classified error of one attempt, with whether it may

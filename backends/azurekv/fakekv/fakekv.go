@@ -85,6 +85,9 @@ type Fault struct {
 	WrongKID bool
 	// ShortSignature makes a sign answer's signature 63 bytes.
 	ShortSignature bool
+	// SignWith makes a sign answer carry a signature by the newest version
+	// of another key (named here) under the right kid.
+	SignWith string
 	// Times is how many requests the fault applies to; 0 means all.
 	Times int
 
@@ -403,6 +406,12 @@ func route(r *http.Request) (op, name, ver string, ok bool) {
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	// Read the body first, as a front end does: the server then notices a
+	// client that goes away (r.Context() ends) while the answer is held.
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err != nil {
+		return
+	}
 	s.mu.Lock()
 	latency := s.latency
 	s.mu.Unlock()
@@ -415,7 +424,6 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	auth := r.Header.Get("Authorization")
 	if auth == "" {
-		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		s.mu.Lock()
 		s.challenges++
 		if len(body) > 0 {
@@ -473,7 +481,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	case OpGet:
 		s.get(w, r, name, ver)
 	case OpSign:
-		s.sign(w, r, name, ver, f)
+		s.sign(w, r, name, ver, body, f)
 	}
 }
 
@@ -626,12 +634,12 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, name, ver string) {
 	writeJSON(w, map[string]any{"key": jwk, "attributes": attributes(v)})
 }
 
-func (s *Server) sign(w http.ResponseWriter, r *http.Request, name, ver string, f *Fault) {
+func (s *Server) sign(w http.ResponseWriter, r *http.Request, name, ver string, body []byte, f *Fault) {
 	var req struct {
 		Alg   string `json:"alg"`
 		Value string `json:"value"`
 	}
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+	if err := json.Unmarshal(body, &req); err != nil {
 		errorBody(w, http.StatusBadRequest, "BadParameter", "", "The request body is not valid JSON: "+err.Error())
 		return
 	}
@@ -668,6 +676,16 @@ func (s *Server) sign(w http.ResponseWriter, r *http.Request, name, ver string, 
 		}
 	}
 	signedKID := kid(r, k, signedBy)
+	signer := v
+	if f != nil && f.SignWith != "" {
+		if o := s.keys[strings.ToLower(f.SignWith)]; o != nil {
+			for _, c := range o.versions {
+				if c.ec != nil && (signer == v || c.createdNs > signer.createdNs) {
+					signer = c
+				}
+			}
+		}
+	}
 	s.mu.Unlock()
 	now := time.Now()
 	switch {
@@ -691,7 +709,7 @@ func (s *Server) sign(w http.ResponseWriter, r *http.Request, name, ver string, 
 			errorBody(w, http.StatusBadRequest, "BadParameter", "", "Invalid length of digest: want 32 bytes for ES256.")
 			return
 		}
-		rr, ss, err := ecdsa.Sign(rand.Reader, v.ec, digest)
+		rr, ss, err := ecdsa.Sign(rand.Reader, signer.ec, digest)
 		if err != nil {
 			errorBody(w, http.StatusInternalServerError, "InternalServerError", "", err.Error())
 			return
