@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -130,6 +131,14 @@ type Server struct {
 	bodyNoAuth int
 	tokens     map[string]int
 	seq        int64
+	conns      int
+}
+
+// Connections returns how many connections clients have opened.
+func (s *Server) Connections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns
 }
 
 // New starts a fake vault on a random 127.0.0.1 port, serving TLS with a
@@ -138,6 +147,13 @@ type Server struct {
 func New(token string) *Server {
 	s := &Server{Token: token, keys: map[string]*key{}, calls: map[string]int{}, tokens: map[string]int{}, pageSize: 25}
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
+	s.srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			s.mu.Lock()
+			s.conns++
+			s.mu.Unlock()
+		}
+	}
 	s.srv.StartTLS()
 	return s
 }
