@@ -135,11 +135,12 @@ type Backend struct {
 	log     *slog.Logger
 	limiter *backends.Limiter
 
-	host    string // the vault's host from the URI
-	base    string // the base URL requests go to (https://HOST or the endpoint)
-	name    string // key name
-	pinned  string // version when the URI names one
-	display string // the URI without its query, for messages
+	host     string // the vault's host from the URI
+	base     string // the base URL requests go to (https://HOST or the endpoint)
+	baseHost string // base's host[:port], without the default port, as kids name it
+	name     string // key name
+	pinned   string // version when the URI names one
+	display  string // the URI without its query, for messages
 
 	timeout        time.Duration
 	attemptTimeout time.Duration
@@ -195,6 +196,10 @@ func Open(ctx context.Context, u *url.URL, opts backends.Options) (backends.Back
 	if logger == nil {
 		logger = slog.Default()
 	}
+	bu, err := url.Parse(base)
+	if err != nil {
+		return nil, fmt.Errorf("azurekv: %s: %w: base URL %q: %v", t.display, backends.ErrInvalidURI, base, err)
+	}
 	return &Backend{
 		client:         client,
 		http:           httpClient,
@@ -202,6 +207,7 @@ func Open(ctx context.Context, u *url.URL, opts backends.Options) (backends.Back
 		limiter:        backends.NewLimiter(opts.QPS),
 		host:           t.host,
 		base:           base,
+		baseHost:       hostPort(bu),
 		name:           t.name,
 		pinned:         t.version,
 		display:        t.display,

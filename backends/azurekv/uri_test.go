@@ -85,6 +85,16 @@ func TestTokenOnlyOnLoopback(t *testing.T) {
 			t.Errorf("%s: %v", ep, err)
 		}
 	}
+	// Without a fixed token, DefaultAzureCredential is set up; it makes no
+	// call until the first request.
+	t.Setenv(TokenEnv, "")
+	b, err := backends.Open(context.Background(), "azurekv://acme.vault.azure.net/keys/jwt", backends.Options{})
+	if err != nil {
+		t.Fatalf("DefaultAzureCredential: %v", err)
+	}
+	if ab, ok := b.(*Backend); !ok || ab.Kind() != Scheme || !ab.HonorsDeadline() || ab.Name() != "azurekv://acme.vault.azure.net/keys/jwt" {
+		t.Fatal("not an azurekv backend")
+	}
 	t.Setenv(CACertEnv, "/nonexistent/ca.pem")
 	if _, err := backends.Open(context.Background(), "azurekv://acme.vault.azure.net/keys/jwt?endpoint=https://127.0.0.1:1", backends.Options{}); !errors.Is(err, backends.ErrConfig) || !strings.Contains(err.Error(), CACertEnv) {
 		t.Errorf("missing CA file: %v", err)

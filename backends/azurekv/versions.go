@@ -285,9 +285,8 @@ func (b *Backend) kidVersion(kid string) (string, error) {
 	if err != nil || u.Scheme != "https" {
 		return "", fmt.Errorf("kid %q is not an https URL", kid)
 	}
-	want, _ := url.Parse(b.base)
-	if !strings.EqualFold(hostPort(u), hostPort(want)) {
-		return "", fmt.Errorf("kid %q is on host %q, not %q", kid, u.Host, want.Host)
+	if !strings.EqualFold(hostPort(u), b.baseHost) {
+		return "", fmt.Errorf("kid %q is on host %q, not %q", kid, u.Host, b.baseHost)
 	}
 	parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
 	if len(parts) != 3 || parts[0] != "keys" || !strings.EqualFold(parts[1], b.name) || !versionRE.MatchString(parts[2]) {
