@@ -130,10 +130,10 @@ var (
 
 // Backend is one azurekv key URI. It is safe for concurrent use.
 type Backend struct {
-	client  *azkeys.Client
-	http    *http.Client
-	log     *slog.Logger
-	limiter *backends.Limiter
+	client *azkeys.Client
+	http   *http.Client
+	log    *slog.Logger
+	caller *backends.Caller
 
 	host     string // the vault's host from the URI
 	base     string // the base URL requests go to (https://HOST or the endpoint)
@@ -141,10 +141,6 @@ type Backend struct {
 	name     string // key name
 	pinned   string // version when the URI names one
 	display  string // the URI without its query, for messages
-
-	timeout        time.Duration
-	attemptTimeout time.Duration
-	retry          backends.Retry
 
 	mu     sync.Mutex
 	info   map[string]keyInfo // by version; refreshed when attributes.updated changes
@@ -200,22 +196,29 @@ func Open(ctx context.Context, u *url.URL, opts backends.Options) (backends.Back
 	if err != nil {
 		return nil, fmt.Errorf("azurekv: %s: %w: base URL %q: %v", t.display, backends.ErrInvalidURI, base, err)
 	}
+	log := logger.With("backend", Scheme)
 	return &Backend{
-		client:         client,
-		http:           httpClient,
-		log:            logger.With("backend", Scheme),
-		limiter:        backends.NewLimiter(opts.QPS),
-		host:           t.host,
-		base:           base,
-		baseHost:       hostPort(bu),
-		name:           t.name,
-		pinned:         t.version,
-		display:        t.display,
-		timeout:        DefaultTimeout,
-		attemptTimeout: DefaultAttemptTimeout,
-		retry:          backends.Retry{Attempts: DefaultAttempts, Base: 25 * time.Millisecond, Max: time.Second},
-		info:           map[string]keyInfo{},
-		warned:         map[string]bool{},
+		client: client,
+		http:   httpClient,
+		log:    log,
+		caller: &backends.Caller{
+			Kind: Scheme, Timeout: DefaultTimeout, AttemptTimeout: DefaultAttemptTimeout,
+			Retry:    backends.Retry{Attempts: DefaultAttempts, Base: 25 * time.Millisecond, Max: time.Second},
+			Limiter:  backends.NewLimiter(opts.QPS),
+			Classify: classify,
+			After:    retryAfter,
+			OnFailure: func(err error, retry bool) {
+				log.Debug("Key Vault call failed", "kind", backends.Kind(err), "retryable", retry, "err", err.Error())
+			},
+		},
+		host:     t.host,
+		base:     base,
+		baseHost: hostPort(bu),
+		name:     t.name,
+		pinned:   t.version,
+		display:  t.display,
+		info:     map[string]keyInfo{},
+		warned:   map[string]bool{},
 	}, nil
 }
 
@@ -389,10 +392,7 @@ func (b *Backend) Close() error {
 
 // withTimeout gives ctx the backend's default deadline when it has none.
 func (b *Backend) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return ctx, func() {}
-	}
-	return context.WithTimeout(ctx, b.timeout)
+	return b.caller.WithTimeout(ctx)
 }
 
 // keyInfo is what GetKey told about one version: its public key, or why it

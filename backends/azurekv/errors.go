@@ -5,12 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -165,87 +162,12 @@ func retryAfter(err error) time.Duration {
 	return 0
 }
 
-// retryable reports whether a failed attempt is worth another: throttling,
-// a 5xx answer, or a timeout or lost connection of the attempt (not of the
-// whole call, which parent reports).
-func retryable(parent context.Context, err error) bool {
-	if parent.Err() != nil || errors.Is(err, context.Canceled) {
-		return false
-	}
-	var ce *credentialError
-	if errors.As(err, &ce) {
-		return false
-	}
-	var re *azcore.ResponseError
-	if errors.As(err, &re) {
-		return re.StatusCode == http.StatusTooManyRequests || re.StatusCode == http.StatusRequestTimeout || re.StatusCode >= 500
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return true // the attempt's own timeout
-	}
-	// The connection was lost or timed out before the answer: signing and
-	// reading are safe to repeat.
-	var ne net.Error
-	var oe *net.OpError
-	return errors.As(err, &ne) && ne.Timeout() || errors.As(err, &oe) ||
-		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
-}
-
-// attemptError is the classified error of one attempt, with whether it may
-// be retried and after how long the service asked to be called again.
-type attemptError struct {
-	err   error
-	retry bool
-	after time.Duration
-}
-
-func (e *attemptError) Error() string { return e.err.Error() }
-func (e *attemptError) Unwrap() error { return e.err }
-
-func isRetryable(err error) bool {
-	var ae *attemptError
-	return errors.As(err, &ae) && ae.retry
-}
-
-// call runs one Key Vault operation with the backend's rate limit,
-// per-attempt timeout and retry policy; fn makes exactly one SDK call. A
-// Retry-After from the service is honoured before the next attempt when it
-// fits the caller's deadline; when it does not, the call fails at once with
-// backends.ErrThrottled.
+// call runs one Key Vault operation through the shared call loop
+// (backends.Caller): rate limit, per-attempt timeout, retries of throttling,
+// 5xx and lost connections; a Retry-After from the service is honoured
+// before the next attempt when it fits the caller's deadline, and when it
+// does not the call fails at once with backends.ErrThrottled. fn makes
+// exactly one SDK call.
 func (b *Backend) call(ctx context.Context, fn func(context.Context) error) error {
-	var notBefore time.Time // from the last attempt's Retry-After
-	err := b.retry.Do(ctx, isRetryable, func(ctx context.Context) error {
-		if d := time.Until(notBefore); d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return backends.Deadline(ctx.Err())
-			case <-t.C:
-			}
-		}
-		if err := b.limiter.Wait(ctx, Scheme); err != nil {
-			return err // ErrThrottled when the deadline comes first: not retried
-		}
-		actx, cancel := context.WithTimeout(ctx, b.attemptTimeout)
-		err := fn(actx)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		ae := &attemptError{err: classify(err), retry: retryable(ctx, err), after: retryAfter(err)}
-		if ae.after > 0 {
-			notBefore = time.Now().Add(ae.after)
-			if dl, ok := ctx.Deadline(); ok && notBefore.After(dl) {
-				ae.retry = false
-				ae.err = fmt.Errorf("%w (the service asked to retry after %s, past the deadline)", ae.err, ae.after)
-			}
-		}
-		b.log.Debug("Key Vault call failed", "kind", backends.Kind(ae.err), "retryable", ae.retry, "err", ae.err.Error())
-		return ae
-	})
-	if err != nil && ctx.Err() != nil && !errors.Is(err, backends.ErrUnavailable) && !errors.Is(err, backends.ErrThrottled) && !errors.Is(err, context.Canceled) {
-		err = fmt.Errorf("%w: %w", err, backends.Deadline(ctx.Err()))
-	}
-	return err
+	return b.caller.Do(ctx, fn)
 }
