@@ -5,6 +5,7 @@ package pkcs11
 import (
 	"context"
 	"fmt"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 )
@@ -141,4 +142,20 @@ func (b *Backend) GenerateP256(ctx context.Context, label string, id []byte, pri
 	}
 	_, _, err = b.mod.ctx.GenerateKeyPair(h, []*p11.Mechanism{p11.NewMechanism(p11.CKM_EC_KEY_PAIR_GEN, nil)}, pubT, privT)
 	return err
+}
+
+// SetClock replaces the clock of b's watch of calls in progress.
+func (b *Backend) SetClock(now func() time.Time) { b.watch.now = now }
+
+// StartCall registers a call in progress whose caller waits until
+// deadline, as a call stuck in the library would be, and returns the
+// function that ends it.
+func (b *Backend) StartCall(deadline time.Time) (end func(), err error) {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	c, err := b.watch.enter(ctx, b.uri)
+	if err != nil {
+		return nil, err
+	}
+	return func() { b.watch.leave(c) }, nil
 }

@@ -35,6 +35,7 @@ type Backend struct {
 	uri     *URI
 	mod     *module
 	pool    *pool
+	watch   *watch
 	log     *slog.Logger
 	limiter *backends.Limiter
 
@@ -75,6 +76,7 @@ func Open(_ context.Context, u *url.URL, opts backends.Options) (backends.Backen
 		keys:    map[string]*key{},
 		checked: map[string][]byte{},
 		warned:  map[string]struct{}{},
+		watch:   newWatch(),
 	}
 	if _, err := b.readPIN(); err != nil {
 		return nil, err
@@ -96,6 +98,15 @@ func (b *Backend) Ordering() backends.Ordering { return backends.FirstSigns }
 // Remote implements backends.Backend: the HSM signs, so the keyring
 // verifies every signature against the version's public key.
 func (b *Backend) Remote() bool { return true }
+
+// HonorsDeadline implements backends.DeadlineBound, so that the keyring
+// signs on the caller's goroutine: waiting for a session ends with the
+// caller's deadline, and once a call to the token outlives its caller's
+// deadline every later call fails at once (see watch). A call already
+// inside the PKCS#11 library when the token hangs returns when the
+// library's own timeout ends; set that timeout (Luna's ReceiveTimeout,
+// CloudHSM's and nShield's client settings) below the request deadline.
+func (b *Backend) HonorsDeadline() bool { return true }
 
 // String names the backend's keys for logs and errors.
 func (b *Backend) String() string { return b.uri.String() }
@@ -265,7 +276,13 @@ func (b *Backend) withSession(ctx context.Context, what string, op func(s sessio
 		if err != nil {
 			return err
 		}
+		w, err := b.watch.enter(ctx, b.uri)
+		if err != nil {
+			b.pool.put(s, true)
+			return err
+		}
 		err = op(s)
+		b.watch.leave(w)
 		if err == nil {
 			b.pool.put(s, true)
 			return nil

@@ -519,3 +519,43 @@ func TestOpenErrors(t *testing.T) {
 		t.Errorf("missing key: %v", err)
 	}
 }
+
+// TestHungToken: once a call to the token has outlived its caller's
+// deadline, new signatures fail at once as unavailable without waiting,
+// and work again when that call returns. The clock is a fake one.
+func TestHungToken(t *testing.T) {
+	h := newHSM(t)
+	b := open(t, h.uri(h.key))
+	vs, err := b.Versions(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	var mu sync.Mutex
+	b.SetClock(func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
+	end, err := b.StartCall(now.Add(2 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("hung"))
+	if _, err := b.Sign(ctx(t), vs[0].ID, digest[:]); err != nil {
+		t.Fatalf("a call in progress within its deadline must not block others: %v", err)
+	}
+	mu.Lock()
+	now = now.Add(3 * time.Second)
+	mu.Unlock()
+	_, err = b.Sign(ctx(t), vs[0].ID, digest[:])
+	if !errors.Is(err, backends.ErrUnavailable) || !strings.Contains(err.Error(), "has not returned for 3s") {
+		t.Fatalf("with a hung call: %v, want ErrUnavailable", err)
+	}
+	if _, err := b.Versions(ctx(t)); !errors.Is(err, backends.ErrUnavailable) {
+		t.Fatalf("listing with a hung call: %v, want ErrUnavailable", err)
+	}
+	end()
+	if _, err := b.Sign(ctx(t), vs[0].ID, digest[:]); err != nil {
+		t.Fatalf("after the hung call returned: %v", err)
+	}
+	if hb, ok := any(b).(backends.DeadlineBound); !ok || !hb.HonorsDeadline() {
+		t.Fatal("the backend does not claim DeadlineBound")
+	}
+}

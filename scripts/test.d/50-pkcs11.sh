@@ -22,7 +22,7 @@ export KMSGATE_TEST_PKCS11_TOKEN=kmsgate-test
 export KMSGATE_TEST_PKCS11_KEY=kmsgate-test-key
 export KMSGATE_TEST_PKCS11_TOOL=$(command -v pkcs11-tool || echo /usr/bin/pkcs11-tool)
 export KMSGATE_TEST_PKCS11_PIN_FILE=$PKCS11_DIR/pin
-(umask 077 && od -An -N4 -tu4 /dev/urandom | tr -d ' \n' > "$KMSGATE_TEST_PKCS11_PIN_FILE")
+(umask 077 && od -An -N8 -tx1 /dev/urandom | tr -d ' \n' > "$KMSGATE_TEST_PKCS11_PIN_FILE")
 softhsm2-util --init-token --free --label "$KMSGATE_TEST_PKCS11_TOKEN" \
   --so-pin "$(od -An -N4 -tu4 /dev/urandom | tr -d ' \n')" --pin "$(cat "$KMSGATE_TEST_PKCS11_PIN_FILE")" >/dev/null
 "$KMSGATE_TEST_PKCS11_TOOL" --module "$KMSGATE_TEST_PKCS11_MODULE" --token-label "$KMSGATE_TEST_PKCS11_TOKEN" \
