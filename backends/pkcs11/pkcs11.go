@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 
@@ -111,12 +112,23 @@ func (b *Backend) HonorsDeadline() bool { return true }
 // String names the backend's keys for logs and errors.
 func (b *Backend) String() string { return b.uri.String() }
 
-// Close closes the sessions and unloads the module when no other key URI
-// uses it.
+// closeWait bounds how long Close waits for the calls in progress.
+const closeWait = 5 * time.Second
+
+// Close closes the sessions and, once no call is in progress, unloads the
+// module when no other key URI uses it. A call still inside the library
+// after closeWait (a hung token) keeps the module loaded: finalising it
+// under a running call could crash the process.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
-		b.pool.close()
-		b.mod.release()
+		t := time.NewTimer(closeWait)
+		defer t.Stop()
+		select {
+		case <-b.pool.close():
+			b.mod.release()
+		case <-t.C:
+			b.log.Warn("PKCS#11 calls still in progress at close; the module stays loaded", "waited", closeWait.String())
+		}
 	})
 	return nil
 }

@@ -559,3 +559,31 @@ func TestHungToken(t *testing.T) {
 		t.Fatal("the backend does not claim DeadlineBound")
 	}
 }
+
+// TestCloseWaitsForCalls: Close returns once the sessions in use come back,
+// and calls after Close fail as unavailable.
+func TestCloseWaitsForCalls(t *testing.T) {
+	h := newHSM(t)
+	b := open(t, h.uri(h.key))
+	vs, err := b.Versions(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, err := b.HoldSession(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() { _ = b.Close(); close(closed) }()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while a session was in use")
+	case <-time.After(50 * time.Millisecond):
+	}
+	release()
+	<-closed
+	digest := sha256.Sum256([]byte("closed"))
+	if _, err := b.Sign(ctx(t), vs[0].ID, digest[:]); !errors.Is(err, backends.ErrUnavailable) {
+		t.Fatalf("sign after Close: %v", err)
+	}
+}

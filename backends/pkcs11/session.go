@@ -33,14 +33,16 @@ type pool struct {
 	mu       sync.Mutex
 	idle     []session
 	open     int // sessions open: idle and in use
+	busy     int // sessions in use
 	gen      uint64
 	slot     uint
 	haveSlot bool
 	closed   bool
+	drained  chan struct{} // closed when the pool is closed and no session is in use
 }
 
 func newPool(b *Backend, max int) *pool {
-	return &pool{b: b, max: max, sem: make(chan struct{}, max)}
+	return &pool{b: b, max: max, sem: make(chan struct{}, max), drained: make(chan struct{})}
 }
 
 // get returns a session for the caller's exclusive use, opening one (and
@@ -61,6 +63,7 @@ func (p *pool) get(ctx context.Context) (session, error) {
 		<-p.sem
 		return session{}, fmt.Errorf("pkcs11: %s: %w: the backend is closed", p.b.uri, backends.ErrUnavailable)
 	}
+	p.busy++
 	if n := len(p.idle); n > 0 {
 		s := p.idle[n-1]
 		p.idle = p.idle[:n-1]
@@ -76,11 +79,20 @@ func (p *pool) get(ctx context.Context) (session, error) {
 	if err != nil {
 		p.mu.Lock()
 		p.open--
+		p.done()
 		p.mu.Unlock()
 		<-p.sem
 		return session{}, err
 	}
 	return s, nil
+}
+
+// done counts one session fewer in use; call it with p.mu held.
+func (p *pool) done() {
+	p.busy--
+	if p.closed && p.busy == 0 {
+		close(p.drained)
+	}
 }
 
 // put gives a session back. A session that failed, or that belongs to an
@@ -93,6 +105,7 @@ func (p *pool) put(s session, healthy bool) {
 	} else {
 		p.open--
 	}
+	p.done()
 	p.mu.Unlock()
 	if !keep {
 		_ = p.b.mod.ctx.CloseSession(s.h)
@@ -119,10 +132,16 @@ func (p *pool) reset() {
 // close closes the idle sessions; sessions in use are closed when they
 // come back. Closing a process's last session on a token ends its login
 // there, so no C_Logout is needed (and none is made: another key URI on the
-// same token shares the login).
-func (p *pool) close() {
+// same token shares the login). It returns a channel closed once no session
+// is in use any more.
+func (p *pool) close() <-chan struct{} {
 	p.mu.Lock()
-	p.closed = true
+	if !p.closed {
+		p.closed = true
+		if p.busy == 0 {
+			close(p.drained)
+		}
+	}
 	old := p.idle
 	p.idle = nil
 	p.open -= len(old)
@@ -130,6 +149,7 @@ func (p *pool) close() {
 	for _, s := range old {
 		_ = p.b.mod.ctx.CloseSession(s.h)
 	}
+	return p.drained
 }
 
 // openSession opens a read-only session on the token and logs the user in
