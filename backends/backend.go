@@ -66,7 +66,7 @@ const (
 // use.
 type Backend interface {
 	// Kind names the backend for logs and metrics: "pem", "gcpkms",
-	// "awskms" or "vault".
+	// "awskms", "vault" or "pkcs11".
 	Kind() string
 	// Ordering says which rotation rule applies to the versions.
 	Ordering() Ordering
