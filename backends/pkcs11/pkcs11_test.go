@@ -587,3 +587,32 @@ func TestCloseWaitsForCalls(t *testing.T) {
 		t.Fatalf("sign after Close: %v", err)
 	}
 }
+
+// TestSharedModule: two key URIs on the same library share it; closing one
+// leaves the other signing, and the library is loaded again after both
+// closed.
+func TestSharedModule(t *testing.T) {
+	h := newHSM(t)
+	for round := range 2 {
+		b1 := open(t, h.uri(h.key))
+		b2 := open(t, h.uri(h.key, "x-max-sessions=2"))
+		vs, err := b2.Versions(ctx(t))
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if _, err := b1.Versions(ctx(t)); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if err := b1.Close(); err != nil {
+			t.Fatal(err)
+		}
+		digest := sha256.Sum256([]byte("shared"))
+		sig, err := b2.Sign(ctx(t), vs[0].ID, digest[:])
+		if err != nil || !backends.VerifyJOSE(vs[0].PublicKey, digest[:], sig) {
+			t.Fatalf("round %d: the other URI after one closed: %v", round, err)
+		}
+		if err := b2.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
