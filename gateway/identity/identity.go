@@ -173,15 +173,21 @@ type oidcSource struct {
 // first, backing off to 30 s), logging each failure to log. Only a
 // configuration that can never work is an error.
 func NewOIDCSource(ctx context.Context, issuer, audience string, timeout time.Duration, log *slog.Logger) (Source, error) {
+	// go-oidc fetches the JWKS in the background with this client; without a
+	// timeout, one hung fetch would hold every later verification.
+	return newOIDCSource(ctx, issuer, audience, timeout, log, &http.Client{Timeout: 10 * time.Second})
+}
+
+// newOIDCSource is NewOIDCSource with the HTTP client that reaches the
+// issuer (tests pass one that serves in memory).
+func newOIDCSource(ctx context.Context, issuer, audience string, timeout time.Duration, log *slog.Logger, client *http.Client) (Source, error) {
 	if issuer == "" || audience == "" {
 		return nil, errors.New("the oidc identity source needs --oidc-issuer and --oidc-audience")
 	}
 	if u, err := url.Parse(issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return nil, fmt.Errorf("--oidc-issuer %q must be an http:// or https:// URL", issuer)
 	}
-	// go-oidc fetches the JWKS in the background with this client; without a
-	// timeout, one hung fetch would hold every later verification.
-	s := &oidcSource{issuer: issuer, audience: audience, timeout: timeout, client: &http.Client{Timeout: 10 * time.Second}}
+	s := &oidcSource{issuer: issuer, audience: audience, timeout: timeout, client: client}
 	if err := s.connect(ctx); err != nil {
 		log.Warn("oidc issuer not reachable; oidc requests get 503 and the gateway is not ready until it is", "issuer", issuer, "err", err.Error())
 		go s.retry(ctx, log)
@@ -222,8 +228,8 @@ func (s *oidcSource) retry(ctx context.Context, log *slog.Logger) {
 			log.Info("oidc issuer reached; oidc requests are judged", "issuer", s.issuer)
 			return
 		}
-		log.Warn("oidc issuer still not reachable", "issuer", s.issuer, "err", err.Error(), "retry_in", (2 * wait).String())
 		wait = min(2*wait, 30*time.Second)
+		log.Warn("oidc issuer still not reachable", "issuer", s.issuer, "err", err.Error(), "retry_in", wait.String())
 	}
 }
 
