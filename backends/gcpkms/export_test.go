@@ -16,3 +16,10 @@ func SetTiming(b *Backend, timeout, attemptTimeout, pollInterval time.Duration) 
 		b.pollInterval = pollInterval
 	}
 }
+
+// Pollers returns how many pending versions are being polled now.
+func Pollers(b *Backend) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.polling)
+}

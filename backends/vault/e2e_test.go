@@ -120,9 +120,10 @@ func TestServeRefusesWrongKeyType(t *testing.T) {
 	name := keyName(t)
 	e.createKey("transit", name, "rsa-2048")
 	port := backendtest.FreePort(t)
+	bin := backendtest.Binary(t) // built before the clock starts: the first test to ask builds it
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, backendtest.Binary(t), "serve", "--listen", fmt.Sprintf("127.0.0.1:%d", port),
+	cmd := exec.CommandContext(ctx, bin, "serve", "--listen", fmt.Sprintf("127.0.0.1:%d", port),
 		"--issuer", fmt.Sprintf("http://127.0.0.1:%d", port), "--key", "hashivault://"+name)
 	out, err := cmd.CombinedOutput()
 	var exit *exec.ExitError
