@@ -660,7 +660,7 @@ func TestVerifierUnknownKIDRefreshesOnce(t *testing.T) {
 		// refresh, all accepted, none waiting longer than that refresh.
 		is.rotate(k2, k1)
 		tok2 := is.sign(claims(nil))
-		if h, _ := jwt.ParseSigned(tok2, []jose.SignatureAlgorithm{jose.ES256}); h.Headers[0].KeyID != kidOf(t, k2) {
+		if parsed, _ := jwt.ParseSigned(tok2, []jose.SignatureAlgorithm{jose.ES256}); parsed.Headers[0].KeyID != kidOf(t, k2) {
 			t.Fatal("the rotated keyring does not sign with k2")
 		}
 		is.delay.Store(int64(100 * time.Millisecond))
@@ -830,7 +830,7 @@ func TestVerifierCacheControl(t *testing.T) {
 				start := time.Now()
 				newVerifier(t, is, func(c *verify.VerifierConfig) { c.MinRefresh, c.MaxRefresh = tc.min, tc.max })
 				// The first refresh is exactly one interval after the fetch at
-				// construction; the next (a 304 with the same headers) one more.
+				// construction, and the next (a 304) one interval later.
 				for i, wait := range []time.Duration{tc.interval - 1, 1, tc.interval - 1, 1} {
 					time.Sleep(wait)
 					synctest.Wait()
