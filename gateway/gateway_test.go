@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -363,19 +364,21 @@ func TestSignBackendFailures(t *testing.T) {
 }
 
 // TestBackendDownAndBack: after start the backend fails; the JWKS keeps being
-// served, signing answers 503 with Retry-After in time, and both recover by
-// themselves once the backend returns.
+// served, signing answers 503 with Retry-After in time, and both recover once
+// the backend returns. The refreshes are made here one by one, not by
+// Keyring.Run on the wall clock (its schedule is jwks.TestRunSchedule's).
 func TestBackendDownAndBack(t *testing.T) {
 	e := newEnv(t, nil)
 	e.refresh(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go e.kr.Run(ctx, 20*time.Millisecond, time.Second)
 	etag := e.kr.State().Document.ETag
 	body := `{"claims":{"sub":"svc-1","aud":"billing"}}`
 
 	e.fake.SetFail(fmt.Errorf("fake: connection refused: %w", backends.ErrUnavailable))
-	time.Sleep(100 * time.Millisecond) // several failed refreshes
+	for i := range 3 { // several failed refreshes
+		if err := e.kr.Refresh(context.Background()); !errors.Is(err, backends.ErrUnavailable) {
+			t.Fatalf("refresh %d while the backend is down: %v", i, err)
+		}
+	}
 	r := e.do(t, "GET", "/.well-known/jwks.json", "", nil)
 	if r.StatusCode != 200 || r.Header.Get("ETag") != etag {
 		t.Fatalf("JWKS while the backend is down: %d", r.StatusCode)
@@ -389,22 +392,20 @@ func TestBackendDownAndBack(t *testing.T) {
 	if !strings.Contains(e.logs.String(), "serving the last good versions") {
 		t.Error("no warning logged for the failed refresh")
 	}
-
-	e.fake.SetFail(nil)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		r, _ := sign(t, e, clientToken, body)
-		if r.StatusCode == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sign did not recover: %d", r.StatusCode)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 	metrics := string(readBody(t, e.admin(t, "/metrics")))
-	if !strings.Contains(metrics, `kmsgate_key_refreshes_total{backend="fake",result="error"}`) {
-		t.Error("failed refreshes are not in the metrics")
+	if !strings.Contains(metrics, `kmsgate_key_refreshes_total{backend="fake",result="error"} 3`) {
+		t.Errorf("the 3 failed refreshes are not in the metrics:\n%s", metrics)
+	}
+
+	// The backend returns: the next signature and the next refresh succeed,
+	// and the set served is the same.
+	e.fake.SetFail(nil)
+	if r, out := sign(t, e, clientToken, body); r.StatusCode != 200 || out["token"] == nil {
+		t.Fatalf("sign once the backend is back: %d %v", r.StatusCode, out)
+	}
+	e.refresh(t)
+	if r := e.do(t, "GET", "/.well-known/jwks.json", "", nil); r.StatusCode != 200 || r.Header.Get("ETag") != etag {
+		t.Fatalf("JWKS once the backend is back: %d %s", r.StatusCode, r.Header.Get("ETag"))
 	}
 }
 

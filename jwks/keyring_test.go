@@ -6,9 +6,13 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -198,24 +202,33 @@ func TestNewKeyringRefuses(t *testing.T) {
 	}
 }
 
+// TestSignDeadlineWithHangingBackend: a remote backend whose client ignores
+// its context does not hold SignJWT past the caller's deadline. It runs in a
+// synctest bubble, so the answer is checked to come at the deadline exactly.
 func TestSignDeadlineWithHangingBackend(t *testing.T) {
-	f := &backendtest.Fake{}
-	f.Add("v1", time.Now().Add(-time.Hour))
-	kr, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{})
-	if err := kr.Refresh(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	f.SetHang(true)
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	start := time.Now()
-	_, _, err := kr.SignJWT(ctx, map[string]any{})
-	if !errors.Is(err, backends.ErrUnavailable) {
-		t.Fatalf("hanging backend: %v", err)
-	}
-	if took := time.Since(start); took > time.Second {
-		t.Fatalf("SignJWT returned after %s, past the 100ms deadline", took)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		f := &backendtest.Fake{}
+		f.Add("v1", time.Now().Add(-time.Hour))
+		kr, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{})
+		if err := kr.Refresh(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		f.SetHang(true)
+		defer f.SetHang(false) // the held call ends with the bubble
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, _, err := kr.SignJWT(ctx, map[string]any{})
+		if !errors.Is(err, backends.ErrUnavailable) {
+			t.Fatalf("hanging backend: %v", err)
+		}
+		if took := time.Since(start); took != 100*time.Millisecond {
+			t.Fatalf("SignJWT returned after %s, want the 100ms deadline", took)
+		}
+		if n := f.Signs.Load(); n != 1 {
+			t.Fatalf("%d backend calls, want 1", n)
+		}
+	})
 }
 
 // TestReenabledVersionIsPendingFromReenabling: a version created long ago
@@ -306,4 +319,73 @@ func TestNewAndHiddenVersions(t *testing.T) {
 	if want := c.Now().Add(2 * time.Hour); !from["hidden"].Equal(want) {
 		t.Errorf("hidden version active from %s, want %s (first seen + prepublish)", from["hidden"], want)
 	}
+}
+
+// TestRunSchedule follows the background refresh (kmsgate's --refresh loop)
+// on the fake clock of a synctest bubble: until every URI has loaded it tries
+// every 2 s (or the interval, when shorter), then every interval; a version
+// that appears is published at the next refresh and signs --prepublish
+// after it was first seen, to the nanosecond and without a refresh.
+func TestRunSchedule(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const interval, prepublish = time.Minute, 2 * time.Hour
+		f := &backendtest.Fake{}
+		f.Add("v1", time.Now().Add(-24*time.Hour))
+		f.SetFail(fmt.Errorf("fake: connection refused: %w", backends.ErrUnavailable))
+		kr, err := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{
+			Prepublish: prepublish, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { kr.Run(ctx, interval, 10*time.Second); close(done) }()
+		defer func() { cancel(); <-done }()
+		at := func(wait time.Duration, lists int64, what string) {
+			t.Helper()
+			time.Sleep(wait)
+			synctest.Wait()
+			if n := f.Lists.Load(); n != lists {
+				t.Fatalf("%s: %d refreshes, want %d", what, n, lists)
+			}
+		}
+		at(2*time.Second-1, 0, "just before the first retry")
+		at(1, 1, "the first retry, failing")
+		at(2*time.Second, 2, "the second retry, failing")
+		f.SetFail(nil)
+		at(2*time.Second, 3, "the third retry")
+		if !kr.State().Ready {
+			t.Fatal("not ready after a successful refresh")
+		}
+		at(interval-1, 3, "ready: just before the interval")
+		at(1, 4, "ready: one interval")
+		_, kid1, err := kr.SignJWT(ctx, map[string]any{})
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		f.Add("v2", time.Now())
+		at(interval, 5, "the refresh that sees v2")
+		seen := time.Now()
+		if st := kr.State(); len(st.Plan.Keys) != 2 || !st.Plan.NextChange.Equal(seen.Add(prepublish)) {
+			t.Fatalf("after v2 appeared: %d keys published, next change %s, want 2 and %s", len(st.Plan.Keys), st.Plan.NextChange, seen.Add(prepublish))
+		}
+		// With the loop stopped, the switch comes from the clock alone.
+		cancel()
+		<-done
+		lists := f.Lists.Load()
+		time.Sleep(time.Until(seen.Add(prepublish - 1)))
+		if _, kid, _ := kr.SignJWT(context.Background(), map[string]any{}); kid != kid1 {
+			t.Fatal("v2 signed before it had been published for --prepublish")
+		}
+		time.Sleep(1)
+		_, kid2, err := kr.SignJWT(context.Background(), map[string]any{})
+		if err != nil || kid2 == kid1 {
+			t.Fatalf("--prepublish after v2 was seen: kid %s, err %v; want v2's kid", kid2, err)
+		}
+		if n := f.Lists.Load(); n != lists {
+			t.Fatal("the switch to v2 called the backend's list")
+		}
+	})
 }

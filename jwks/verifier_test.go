@@ -25,6 +25,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -51,7 +52,10 @@ type issuer struct {
 	t    *testing.T
 	path string
 	kr   *jwks.Keyring
-	srv  *httptest.Server
+	srv  *httptest.Server // nil for an in-memory issuer
+	base string           // scheme and host of the JWKS URL
+	// client reaches an in-memory issuer; nil for one with a server.
+	client *http.Client
 
 	hits        atomic.Int64 // every request
 	full        atomic.Int64 // 200 answers
@@ -61,6 +65,8 @@ type issuer struct {
 	age         atomic.Pointer[string] // Age header; none when nil
 	fail        atomic.Bool            // answer 500
 	delay       atomic.Int64           // ns to wait before answering
+	gaveUp      atomic.Int64           // requests whose client left during the delay
+	bare304     atomic.Bool            // 304 answers without Cache-Control and Age
 
 	mu     sync.Mutex
 	tokens []string // every token made in the test, checked against the logs
@@ -101,8 +107,52 @@ func kidOf(t testing.TB, k *ecdsa.PrivateKey) string {
 	return kid
 }
 
-// newIssuer starts an issuer whose PEM file holds keys (the first signs).
+// newIssuer starts an issuer whose PEM file holds keys (the first signs),
+// served over HTTP on 127.0.0.1.
 func newIssuer(t *testing.T, keys ...*ecdsa.PrivateKey) *issuer {
+	t.Helper()
+	is := loadIssuer(t, keys...)
+	is.srv = httptest.NewServer(http.HandlerFunc(is.serve))
+	t.Cleanup(is.srv.Close)
+	is.base = is.srv.URL
+	return is
+}
+
+// newMemIssuer is newIssuer without a listener: verifiers reach it through
+// memTransport, so that a test of the refresh timing can run in a synctest
+// bubble (a goroutine blocked on a real connection is not durably blocked,
+// and the bubble's clock would not move).
+func newMemIssuer(t *testing.T, keys ...*ecdsa.PrivateKey) *issuer {
+	t.Helper()
+	is := loadIssuer(t, keys...)
+	is.base = "http://jwks.invalid"
+	is.client = &http.Client{Transport: memTransport{http.HandlerFunc(is.serve)}}
+	return is
+}
+
+// memTransport serves each request with a handler in memory, in a goroutine
+// of its own, and gives up when the request's context ends, as a client
+// waiting on a silent server does.
+type memTransport struct{ h http.Handler }
+
+func (m memTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	done := make(chan *http.Response, 1)
+	go func() {
+		rec := httptest.NewRecorder()
+		m.h.ServeHTTP(rec, r)
+		done <- rec.Result()
+	}()
+	select {
+	case resp := <-done:
+		resp.Request = r
+		return resp, nil
+	case <-r.Context().Done():
+		return nil, r.Context().Err()
+	}
+}
+
+// loadIssuer writes keys to a PEM file and loads them into a keyring.
+func loadIssuer(t *testing.T, keys ...*ecdsa.PrivateKey) *issuer {
 	t.Helper()
 	is := &issuer{t: t, path: filepath.Join(t.TempDir(), "keys.pem")}
 	writeKeys(t, is.path, keys...)
@@ -119,15 +169,22 @@ func newIssuer(t *testing.T, keys ...*ecdsa.PrivateKey) *issuer {
 		t.Fatal(err)
 	}
 	is.setCacheControl("public, max-age=3600")
-	is.srv = httptest.NewServer(http.HandlerFunc(is.serve))
-	t.Cleanup(is.srv.Close)
 	return is
 }
 
 func (is *issuer) serve(w http.ResponseWriter, r *http.Request) {
 	is.hits.Add(1)
 	if d := is.delay.Load(); d > 0 {
-		time.Sleep(time.Duration(d))
+		// A slow server: it answers after d, or gives up when the client
+		// does.
+		tm := time.NewTimer(time.Duration(d))
+		select {
+		case <-tm.C:
+		case <-r.Context().Done():
+			tm.Stop()
+			is.gaveUp.Add(1)
+			return
+		}
 	}
 	if r.URL.Path != "/.well-known/jwks.json" {
 		http.NotFound(w, r)
@@ -137,21 +194,25 @@ func (is *issuer) serve(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "down", http.StatusInternalServerError)
 		return
 	}
-	if cc := is.cc.Load(); cc != nil {
-		w.Header().Set("Cache-Control", *cc)
-	}
-	if age := is.age.Load(); age != nil {
-		w.Header().Set("Age", *age)
-	}
 	doc := is.kr.State().Document
 	w.Header().Set("ETag", doc.ETag)
-	if inm := r.Header.Get("If-None-Match"); inm != "" {
+	inm := r.Header.Get("If-None-Match")
+	if inm != "" {
 		is.lastINM.Store(&inm)
-		if inm == doc.ETag {
-			is.notModified.Add(1)
-			w.WriteHeader(http.StatusNotModified)
-			return
+	}
+	notModified := inm != "" && inm == doc.ETag
+	if !notModified || !is.bare304.Load() {
+		if cc := is.cc.Load(); cc != nil {
+			w.Header().Set("Cache-Control", *cc)
 		}
+		if age := is.age.Load(); age != nil {
+			w.Header().Set("Age", *age)
+		}
+	}
+	if notModified {
+		is.notModified.Add(1)
+		w.WriteHeader(http.StatusNotModified)
+		return
 	}
 	is.full.Add(1)
 	w.Header().Set("Content-Type", "application/json")
@@ -160,7 +221,7 @@ func (is *issuer) serve(w http.ResponseWriter, r *http.Request) {
 
 func (is *issuer) setCacheControl(v string) { is.cc.Store(&v) }
 
-func (is *issuer) url() string { return is.srv.URL + "/.well-known/jwks.json" }
+func (is *issuer) url() string { return is.base + "/.well-known/jwks.json" }
 
 // rotate rewrites the PEM file and refreshes the keyring, as the gateway
 // does on its --refresh tick.
@@ -237,6 +298,8 @@ func newVerifier(t *testing.T, is *issuer, change func(*verify.VerifierConfig)) 
 		Issuer:   testIssuer,
 		Audience: testAudience,
 		Logger:   slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		// nil for an issuer with a server: the verifier's default client.
+		HTTPClient: is.client,
 	}
 	if change != nil {
 		change(&cfg)
@@ -267,7 +330,14 @@ func newVerifier(t *testing.T, is *issuer, change func(*verify.VerifierConfig)) 
 // got from the context as JSON.
 func app(t *testing.T, v *verify.Verifier) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewServer(appHandler(v))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// appHandler is app's handler, for calls in memory (callHandler).
+func appHandler(v *verify.Verifier) http.Handler {
+	return v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, ok := verify.ClaimsFromContext(r.Context())
 		if !ok {
 			http.Error(w, "no claims in the context", http.StatusInternalServerError)
@@ -275,9 +345,7 @@ func app(t *testing.T, v *verify.Verifier) *httptest.Server {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(c)
-	})))
-	t.Cleanup(srv.Close)
-	return srv
+	}))
 }
 
 type answer struct {
@@ -308,33 +376,42 @@ func call(t testing.TB, srv *httptest.Server, header string, values ...string) a
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := answer{status: resp.StatusCode, body: string(body)}
-	if resp.StatusCode == http.StatusOK {
+	return parseAnswer(t, resp.StatusCode, body, values)
+}
+
+// callHandler is call without a network: it serves the request with h in
+// the calling goroutine.
+func callHandler(t testing.TB, h http.Handler, header string, values ...string) answer {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	for _, v := range values {
+		req.Header.Add(header, v)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return parseAnswer(t, rec.Code, rec.Body.Bytes(), values)
+}
+
+// parseAnswer decodes the app's answer: claims on 200, the error otherwise.
+// It fails the test when the answer holds one of the tokens sent.
+func parseAnswer(t testing.TB, status int, body []byte, sent []string) answer {
+	t.Helper()
+	a := answer{status: status, body: string(body)}
+	var err error
+	if status == http.StatusOK {
 		err = json.Unmarshal(body, &a.claims)
 	} else {
 		err = json.Unmarshal(body, &a.err)
 	}
 	if err != nil {
-		t.Fatalf("status %d body %q: %v", resp.StatusCode, body, err)
+		t.Fatalf("status %d body %q: %v", status, body, err)
 	}
-	for _, v := range values {
+	for _, v := range sent {
 		if len(v) > 8 && strings.Contains(a.body, v) {
 			t.Fatalf("the answer echoes the token: %s", a.body)
 		}
 	}
 	return a
-}
-
-// waitFor polls cond every 10 ms until it holds or within passes.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func TestVerifierAcceptsGatewayAssertion(t *testing.T) {
@@ -539,252 +616,396 @@ func mustJSON(t *testing.T, v any) []byte {
 	return b
 }
 
-// concurrently sends n requests with tok at once and returns their statuses.
-func concurrently(t *testing.T, srv *httptest.Server, n int, tok string) map[int]int {
+// concurrently sends n requests with tok to h at once, in memory, and
+// returns their statuses.
+func concurrently(t *testing.T, h http.Handler, n int, tok string) map[int]int {
 	t.Helper()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	statuses := map[int]int{}
 	start := make(chan struct{})
 	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			<-start
-			a := call(t, srv, verify.DefaultHeader, tok)
+			a := callHandler(t, h, verify.DefaultHeader, tok)
 			mu.Lock()
 			statuses[a.status]++
 			mu.Unlock()
-		}()
+		})
 	}
 	close(start)
 	wg.Wait()
 	return statuses
 }
 
+// The tests below are about when the verifier fetches the key set. Each runs
+// in a synctest bubble against an in-memory issuer: the clock stands still
+// while any goroutine of the test can run and jumps to the next timer when
+// all are blocked, so every interval is checked to the nanosecond, without
+// sleeping and whatever the machine's load.
+
 func TestVerifierUnknownKIDRefreshesOnce(t *testing.T) {
-	k1, k2, k3, k4 := newKey(t), newKey(t), newKey(t), newKey(t)
-	is := newIssuer(t, k1)
-	// Long bounds: every refresh in this test is caused by an unknown kid.
-	v, _ := newVerifier(t, is, func(c *verify.VerifierConfig) { c.MinRefresh, c.MaxRefresh = time.Hour, time.Hour })
-	srv := app(t, v)
-	if n := is.hits.Load(); n != 1 {
-		t.Fatalf("%d hits after construction", n)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		k1, k2, k3, k4 := newKey(t), newKey(t), newKey(t), newKey(t)
+		is := newMemIssuer(t, k1)
+		// Long bounds: every refresh in this test is caused by an unknown kid.
+		v, _ := newVerifier(t, is, func(c *verify.VerifierConfig) { c.MinRefresh, c.MaxRefresh = time.Hour, time.Hour })
+		h := appHandler(v)
+		if n := is.hits.Load(); n != 1 {
+			t.Fatalf("%d hits after construction", n)
+		}
 
-	// The gateway rotates: k2 now signs. 50 requests with a k2 token arrive
-	// at once while the JWKS server is slow: one refresh, all accepted.
-	is.rotate(k2, k1)
-	tok2 := is.sign(claims(nil))
-	if h, _ := jwt.ParseSigned(tok2, []jose.SignatureAlgorithm{jose.ES256}); h.Headers[0].KeyID != kidOf(t, k2) {
-		t.Fatal("the rotated keyring does not sign with k2")
-	}
-	is.delay.Store(int64(100 * time.Millisecond))
-	if st := concurrently(t, srv, 50, tok2); st[http.StatusOK] != 50 {
-		t.Fatalf("statuses %v, want 50 × 200", st)
-	}
-	if n := is.hits.Load(); n != 2 {
-		t.Fatalf("%d JWKS requests, want 2 (construction + one refresh)", n)
-	}
-	backendtest.VerifyIndependently(t, tok2, is.kr.State().Document.JSON)
+		// The gateway rotates: k2 now signs. 50 requests with a k2 token
+		// arrive at once while the JWKS server takes 100 ms to answer: one
+		// refresh, all accepted, none waiting longer than that refresh.
+		is.rotate(k2, k1)
+		tok2 := is.sign(claims(nil))
+		if parsed, _ := jwt.ParseSigned(tok2, []jose.SignatureAlgorithm{jose.ES256}); parsed.Headers[0].KeyID != kidOf(t, k2) {
+			t.Fatal("the rotated keyring does not sign with k2")
+		}
+		is.delay.Store(int64(100 * time.Millisecond))
+		start := time.Now()
+		if st := concurrently(t, h, 50, tok2); st[http.StatusOK] != 50 {
+			t.Fatalf("statuses %v, want 50 × 200", st)
+		}
+		if took := time.Since(start); took != 100*time.Millisecond {
+			t.Fatalf("the requests took %s, want the one 100ms refresh", took)
+		}
+		if n := is.hits.Load(); n != 2 {
+			t.Fatalf("%d JWKS requests, want 2 (construction + one refresh)", n)
+		}
+		backendtest.VerifyIndependently(t, tok2, is.kr.State().Document.JSON)
 
-	// 50 tokens of a key that is published nowhere: no refresh within 30 s.
-	is.delay.Store(0)
-	k3tok := is.forge(jose.ES256, k3, map[jose.HeaderKey]any{"kid": kidOf(t, k3)}, claims(nil))
-	st := concurrently(t, srv, 50, k3tok)
-	if st[http.StatusUnauthorized] != 50 {
-		t.Fatalf("statuses %v, want 50 × 401", st)
-	}
-	if n := is.hits.Load(); n != 2 {
-		t.Fatalf("%d JWKS requests, want still 2: unknown kids may refresh once per 30 s", n)
-	}
-	_, err := v.Verify(context.Background(), k3tok)
-	if !errors.Is(err, verify.ErrUnknownKID) {
-		t.Fatalf("unknown kid: %v", err)
-	}
-	// The limit holds for a genuinely new key too, until the set is due.
-	is.rotate(k4, k2, k1)
-	if _, err := v.Verify(context.Background(), is.sign(claims(nil))); !errors.Is(err, verify.ErrUnknownKID) {
-		t.Fatalf("new key within the unknown-kid interval: %v", err)
-	}
-	if n := is.hits.Load(); n != 2 {
-		t.Fatalf("%d JWKS requests, want 2", n)
-	}
+		// 50 tokens of a key that is published nowhere, just before the
+		// 30 s since that refresh have passed: no refresh.
+		is.delay.Store(0)
+		time.Sleep(time.Until(start.Add(verify.DefaultUnknownKIDInterval - 1)))
+		k3tok := is.forge(jose.ES256, k3, map[jose.HeaderKey]any{"kid": kidOf(t, k3)}, claims(nil))
+		if st := concurrently(t, h, 50, k3tok); st[http.StatusUnauthorized] != 50 {
+			t.Fatalf("statuses %v, want 50 × 401", st)
+		}
+		if n := is.hits.Load(); n != 2 {
+			t.Fatalf("%d JWKS requests, want still 2: unknown kids may refresh once per 30 s", n)
+		}
+		// The limit holds for a genuinely new key too...
+		is.rotate(k4, k2, k1)
+		tok4 := is.sign(claims(nil))
+		if _, err := v.Verify(context.Background(), tok4); !errors.Is(err, verify.ErrUnknownKID) {
+			t.Fatalf("new key within the unknown-kid interval: %v", err)
+		}
+		if n := is.hits.Load(); n != 2 {
+			t.Fatalf("%d JWKS requests, want 2", n)
+		}
+		// ...until the interval has passed: then one refresh picks it up.
+		time.Sleep(1)
+		if st := concurrently(t, h, 50, tok4); st[http.StatusOK] != 50 {
+			t.Fatalf("statuses %v, want 50 × 200 once the interval has passed", st)
+		}
+		if _, err := v.Verify(context.Background(), k3tok); !errors.Is(err, verify.ErrUnknownKID) {
+			t.Fatalf("unknown kid: %v", err)
+		}
+		if n := is.hits.Load(); n != 3 {
+			t.Fatalf("%d JWKS requests, want 3", n)
+		}
+	})
 }
 
 func TestVerifierUnknownKIDInterval(t *testing.T) {
-	k1, k2 := newKey(t), newKey(t)
-	is := newIssuer(t, k1)
-	v, _ := newVerifier(t, is, func(c *verify.VerifierConfig) {
-		c.MinRefresh, c.MaxRefresh = time.Hour, time.Hour
-		c.UnknownKIDInterval = 300 * time.Millisecond
+	synctest.Test(t, func(t *testing.T) {
+		const interval = 5 * time.Minute
+		k1, k2 := newKey(t), newKey(t)
+		is := newMemIssuer(t, k1)
+		v, _ := newVerifier(t, is, func(c *verify.VerifierConfig) {
+			c.MinRefresh, c.MaxRefresh = time.Hour, time.Hour
+			c.UnknownKIDInterval = interval
+		})
+		tok := is.forge(jose.ES256, k2, map[jose.HeaderKey]any{"kid": kidOf(t, k2)}, claims(nil))
+		ctx := context.Background()
+		for _, step := range []struct {
+			wait time.Duration // before the request
+			hits int64         // JWKS requests after it
+		}{
+			{0, 2},            // the first unknown kid refreshes at once
+			{0, 2},            // the next one, at the same instant, does not
+			{interval - 1, 2}, // nor one just inside the interval
+			{1, 3},            // the interval has passed: one more refresh
+			{interval - 1, 3}, // the interval counts from that refresh
+			{1, 4},            //
+			{2 * interval, 5}, // a long quiet time allows one, not two
+			{0, 5},            //
+		} {
+			time.Sleep(step.wait)
+			if _, err := v.Verify(ctx, tok); !errors.Is(err, verify.ErrUnknownKID) {
+				t.Fatal(err)
+			}
+			if n := is.hits.Load(); n != step.hits {
+				t.Fatalf("after waiting %s: %d JWKS requests, want %d", step.wait, n, step.hits)
+			}
+		}
 	})
-	tok := is.forge(jose.ES256, k2, map[jose.HeaderKey]any{"kid": kidOf(t, k2)}, claims(nil))
-	ctx := context.Background()
-	if _, err := v.Verify(ctx, tok); !errors.Is(err, verify.ErrUnknownKID) {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	if n := is.hits.Load(); n != 2 {
-		t.Fatalf("%d hits, want 2", n)
-	}
-	if _, err := v.Verify(ctx, tok); !errors.Is(err, verify.ErrUnknownKID) {
-		t.Fatal(err)
-	}
-	if n := is.hits.Load(); n != 2 && time.Since(start) < 300*time.Millisecond {
-		t.Fatalf("%d hits within the interval, want 2", n)
-	}
-	time.Sleep(350 * time.Millisecond)
-	if _, err := v.Verify(ctx, tok); !errors.Is(err, verify.ErrUnknownKID) {
-		t.Fatal(err)
-	}
-	if n := is.hits.Load(); n != 3 {
-		t.Fatalf("%d hits after the interval, want 3", n)
-	}
 }
 
 func TestVerifierRotation(t *testing.T) {
-	k1, k2 := newKey(t), newKey(t)
-	is := newIssuer(t, k1)
-	v, _ := newVerifier(t, is, func(c *verify.VerifierConfig) {
-		c.MinRefresh, c.MaxRefresh = 50*time.Millisecond, 200*time.Millisecond
-	})
-	srv := app(t, v)
-	ok := func(tok string) {
-		t.Helper()
-		if a := call(t, srv, verify.DefaultHeader, tok); a.status != http.StatusOK {
-			t.Fatalf("status %d: %s", a.status, a.body)
+	synctest.Test(t, func(t *testing.T) {
+		const maxRefresh = 5 * time.Minute
+		k1, k2 := newKey(t), newKey(t)
+		is := newMemIssuer(t, k1) // max-age=3600: the set is refreshed after MaxRefresh
+		v, _ := newVerifier(t, is, func(c *verify.VerifierConfig) { c.MinRefresh, c.MaxRefresh = time.Minute, maxRefresh })
+		h := appHandler(v)
+		ok := func(tok string) {
+			t.Helper()
+			if a := callHandler(t, h, verify.DefaultHeader, tok); a.status != http.StatusOK {
+				t.Fatalf("status %d: %s", a.status, a.body)
+			}
+			backendtest.VerifyIndependently(t, tok, is.kr.State().Document.JSON)
 		}
-		backendtest.VerifyIndependently(t, tok, is.kr.State().Document.JSON)
-	}
-	tok1 := is.sign(claims(nil))
-	ok(tok1)
+		tok1 := is.sign(claims(nil))
+		ok(tok1)
 
-	// Pomerium's three steps: add, swap, remove.
-	is.rotate(k1, k2)
-	ok(is.sign(claims(nil)))
-	is.rotate(k2, k1)
-	tok2 := is.sign(claims(nil))
-	ok(tok2)
-	ok(tok1) // k1 is still published
-	is.rotate(k2)
-	// The removed key stops being accepted within MaxRefresh (200 ms here)
-	// without a restart, and k2 keeps working.
-	waitFor(t, 5*time.Second, "a token of the removed key is refused", func() bool {
-		_, err := v.Verify(context.Background(), tok1)
-		return errors.Is(err, verify.ErrUnknownKID)
+		// Pomerium's three steps: add, swap, remove.
+		is.rotate(k1, k2)
+		ok(is.sign(claims(nil)))
+		is.rotate(k2, k1)
+		tok2 := is.sign(claims(nil)) // an unknown kid: fetched at once
+		ok(tok2)
+		ok(tok1) // k1 is still published
+		if n := is.hits.Load(); n != 2 {
+			t.Fatalf("%d JWKS requests, want 2 (construction + the swap's unknown kid)", n)
+		}
+		swapped := time.Now()
+		is.rotate(k2)
+		// The removed key stays accepted until the set is due (MaxRefresh
+		// after the last fetch) and is refused from then on, without a
+		// restart; k2 keeps working.
+		time.Sleep(maxRefresh - 1)
+		synctest.Wait()
+		if _, err := v.Verify(context.Background(), tok1); err != nil {
+			t.Fatalf("token of the removed key before the set is due: %v", err)
+		}
+		time.Sleep(1)
+		synctest.Wait()
+		if n := is.hits.Load(); n != 3 {
+			t.Fatalf("%d JWKS requests %s after the last fetch, want 3", n, time.Since(swapped))
+		}
+		if _, err := v.Verify(context.Background(), tok1); !errors.Is(err, verify.ErrUnknownKID) {
+			t.Fatalf("token of the removed key: %v", err)
+		}
+		ok(is.sign(claims(nil))) // tok2 has expired by now; a new k2 token passes
 	})
-	ok(tok2)
 }
 
 func TestVerifierCacheControl(t *testing.T) {
 	for _, tc := range []struct {
 		name, cc, age string
-		min, max      time.Duration
+		min, max      time.Duration // zero: the default
 		interval      time.Duration // the refresh interval this should give
-		quiet         time.Duration // no refresh this long after construction
+		bare304       bool          // 304 answers carry no Cache-Control
 	}{
-		{"max-age honoured", "public, max-age=1", "", 100 * time.Millisecond, 10 * time.Second, time.Second, 700 * time.Millisecond},
-		{"max-age raised to MinRefresh", "public, max-age=0", "", 400 * time.Millisecond, 10 * time.Second, 400 * time.Millisecond, 250 * time.Millisecond},
-		{"no-cache means MinRefresh", "no-cache", "", 400 * time.Millisecond, 10 * time.Second, 400 * time.Millisecond, 250 * time.Millisecond},
-		{"max-age lowered to MaxRefresh", "public, max-age=3600", "", 50 * time.Millisecond, 300 * time.Millisecond, 300 * time.Millisecond, 150 * time.Millisecond},
-		{"Age is subtracted", "public, max-age=3600", "3600", 200 * time.Millisecond, time.Hour, 200 * time.Millisecond, 100 * time.Millisecond},
-		{"no Cache-Control means MinRefresh", "", "", 200 * time.Millisecond, time.Hour, 200 * time.Millisecond, 100 * time.Millisecond},
+		{"max-age honoured", "public, max-age=600", "", 0, 0, 10 * time.Minute, false},
+		{"max-age raised to MinRefresh", "public, max-age=10", "", 0, 0, verify.DefaultMinRefresh, false},
+		{"max-age=0 means MinRefresh", "public, max-age=0", "", 2 * time.Minute, 0, 2 * time.Minute, false},
+		{"no-cache means MinRefresh", "no-cache", "", 2 * time.Minute, 0, 2 * time.Minute, false},
+		{"no-store means MinRefresh", "no-store, max-age=600", "", 2 * time.Minute, 0, 2 * time.Minute, false},
+		{"max-age lowered to MaxRefresh", "public, max-age=86400", "", 0, 0, verify.DefaultMaxRefresh, false},
+		{"max-age lowered to a set MaxRefresh", "public, max-age=3600", "", 0, 5 * time.Minute, 5 * time.Minute, false},
+		{"Age is subtracted", "public, max-age=3600", "1200", 0, 0, 40 * time.Minute, false},
+		{"Age beyond max-age means MinRefresh", "public, max-age=60", "600", 0, 0, verify.DefaultMinRefresh, false},
+		{"unreadable max-age means MinRefresh", "max-age=soon", "", 0, 0, verify.DefaultMinRefresh, false},
+		{"no Cache-Control means MinRefresh", "", "", 3 * time.Minute, 0, 3 * time.Minute, false},
+		// RFC 9111 section 4.3.4: a 304 updates only the headers it carries.
+		{"a 304 without Cache-Control keeps the stored max-age", "public, max-age=600", "", 0, 0, 10 * time.Minute, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			is := newIssuer(t, newKey(t))
-			if tc.cc == "" {
-				is.cc.Store(nil)
-			} else {
-				is.setCacheControl(tc.cc)
-			}
-			if tc.age != "" {
-				is.age.Store(&tc.age)
-			}
-			start := time.Now()
-			newVerifier(t, is, func(c *verify.VerifierConfig) { c.MinRefresh, c.MaxRefresh = tc.min, tc.max })
-			// Timers never fire early, so this lower bound is exact.
-			time.Sleep(tc.quiet)
-			if n := is.hits.Load(); n != 1 {
-				t.Fatalf("%d JWKS requests after %s, want 1", n, tc.quiet)
-			}
-			waitFor(t, 5*time.Second, "the background refresh", func() bool { return is.hits.Load() >= 2 })
-			// The loop keeps to its interval: over a while, no more
-			// requests than the interval allows (plus the first).
-			time.Sleep(2 * tc.interval)
-			elapsed := time.Since(start)
-			if n, most := is.hits.Load(), 1+int64(elapsed/tc.interval); n > most {
-				t.Fatalf("%d JWKS requests in %s, want at most %d", n, elapsed, most)
-			}
+			synctest.Test(t, func(t *testing.T) {
+				is := newMemIssuer(t, newKey(t))
+				if tc.cc == "" {
+					is.cc.Store(nil)
+				} else {
+					is.setCacheControl(tc.cc)
+				}
+				if tc.age != "" {
+					is.age.Store(&tc.age)
+				}
+				is.bare304.Store(tc.bare304)
+				start := time.Now()
+				newVerifier(t, is, func(c *verify.VerifierConfig) { c.MinRefresh, c.MaxRefresh = tc.min, tc.max })
+				// The first refresh is exactly one interval after the fetch at
+				// construction, and the next (a 304) one interval later.
+				for i, wait := range []time.Duration{tc.interval - 1, 1, tc.interval - 1, 1} {
+					time.Sleep(wait)
+					synctest.Wait()
+					if n, want := is.hits.Load(), int64(1+(i+1)/2); n != want {
+						t.Fatalf("%d JWKS requests at %s, want %d", n, time.Since(start), want)
+					}
+				}
+				if n := is.notModified.Load(); n != 2 {
+					t.Fatalf("%d answers 304, want 2", n)
+				}
+			})
 		})
 	}
 }
 
 func TestVerifierNotModified(t *testing.T) {
-	k1, k2 := newKey(t), newKey(t)
-	is := newIssuer(t, k1)
-	is.setCacheControl("public, max-age=0")
-	v, _ := newVerifier(t, is, func(c *verify.VerifierConfig) {
-		c.MinRefresh, c.MaxRefresh = 50*time.Millisecond, time.Hour
-		c.UnknownKIDInterval = time.Hour // only the background refresh may fetch
-	})
-	waitFor(t, 5*time.Second, "a 304", func() bool { return is.notModified.Load() >= 2 })
-	etag := is.kr.State().Document.ETag
-	if got := is.lastINM.Load(); got == nil || *got != etag {
-		t.Fatalf("If-None-Match %v, want %s", got, etag)
-	}
-	if n := is.full.Load(); n != 1 {
-		t.Fatalf("%d full answers, want 1: an unchanged set must cost a 304", n)
-	}
-	tok1 := is.sign(claims(nil))
-	if _, err := v.Verify(context.Background(), tok1); err != nil {
-		t.Fatalf("after 304s: %v", err)
-	}
-	// A changed set comes back as a 200 and replaces the old one.
-	is.rotate(k2, k1)
-	waitFor(t, 5*time.Second, "a 200 after the rotation", func() bool { return is.full.Load() >= 2 })
-	tok2 := is.sign(claims(nil))
-	if _, err := v.Verify(context.Background(), tok2); err != nil {
-		t.Fatalf("new key after the background refresh: %v", err)
-	}
-	waitFor(t, 5*time.Second, "a 304 for the new ETag", func() bool {
-		got := is.lastINM.Load()
-		return got != nil && *got == is.kr.State().Document.ETag
+	synctest.Test(t, func(t *testing.T) {
+		const minRefresh = time.Minute
+		k1, k2 := newKey(t), newKey(t)
+		is := newMemIssuer(t, k1)
+		is.setCacheControl("public, max-age=0")
+		v, _ := newVerifier(t, is, func(c *verify.VerifierConfig) {
+			c.MinRefresh, c.MaxRefresh = minRefresh, time.Hour
+			c.UnknownKIDInterval = time.Hour
+		})
+		time.Sleep(2 * minRefresh)
+		synctest.Wait()
+		if n := is.notModified.Load(); n != 2 {
+			t.Fatalf("%d answers 304 after two intervals, want 2", n)
+		}
+		etag := is.kr.State().Document.ETag
+		if got := is.lastINM.Load(); got == nil || *got != etag {
+			t.Fatalf("If-None-Match %v, want %s", got, etag)
+		}
+		if n := is.full.Load(); n != 1 {
+			t.Fatalf("%d full answers, want 1: an unchanged set must cost a 304", n)
+		}
+		tok1 := is.sign(claims(nil))
+		if _, err := v.Verify(context.Background(), tok1); err != nil {
+			t.Fatalf("after 304s: %v", err)
+		}
+		// A changed set comes back as a 200 at the next refresh and replaces
+		// the old one.
+		is.rotate(k2, k1)
+		time.Sleep(minRefresh)
+		synctest.Wait()
+		if full, nm := is.full.Load(), is.notModified.Load(); full != 2 || nm != 2 {
+			t.Fatalf("after the rotation: %d full answers and %d 304s, want 2 and 2", full, nm)
+		}
+		hits := is.hits.Load()
+		tok2 := is.sign(claims(nil))
+		if _, err := v.Verify(context.Background(), tok2); err != nil {
+			t.Fatalf("new key after the background refresh: %v", err)
+		}
+		if n := is.hits.Load(); n != hits {
+			t.Fatalf("the new key cost %d more JWKS requests; the background refresh had fetched it", n-hits)
+		}
+		// The next refresh asks with the new ETag and gets a 304.
+		time.Sleep(minRefresh)
+		synctest.Wait()
+		if got := is.lastINM.Load(); got == nil || *got != is.kr.State().Document.ETag || is.notModified.Load() != 3 {
+			t.Fatalf("If-None-Match %v after the rotation, want the new ETag and a 304", got)
+		}
 	})
 }
 
 func TestVerifierKeepsLastGoodSet(t *testing.T) {
-	k1, k2 := newKey(t), newKey(t)
-	is := newIssuer(t, k1)
-	is.setCacheControl("public, max-age=0")
-	v, logs := newVerifier(t, is, func(c *verify.VerifierConfig) {
-		c.MinRefresh, c.MaxRefresh = 50*time.Millisecond, 50*time.Millisecond
-		c.UnknownKIDInterval = 50 * time.Millisecond
+	synctest.Test(t, func(t *testing.T) {
+		const minRefresh = time.Minute
+		k1, k2 := newKey(t), newKey(t)
+		is := newMemIssuer(t, k1)
+		is.setCacheControl("public, max-age=0")
+		v, logs := newVerifier(t, is, func(c *verify.VerifierConfig) {
+			c.MinRefresh, c.MaxRefresh = minRefresh, minRefresh
+			c.UnknownKIDInterval = time.Hour
+		})
+		tok1 := is.sign(claims(nil))
+		is.fail.Store(true)
+		// A failed refresh is tried again after MinRefresh: three in three
+		// intervals, and the old set stays.
+		time.Sleep(3 * minRefresh)
+		synctest.Wait()
+		if n := is.hits.Load(); n != 4 {
+			t.Fatalf("%d JWKS requests after three intervals of failures, want 4", n)
+		}
+		if _, err := v.Verify(context.Background(), tok1); err != nil {
+			t.Fatalf("after failed refreshes: %v", err)
+		}
+		// An unknown kid's refresh fails too: refused, and the old set stays.
+		is.rotate(k2, k1)
+		tok2 := is.sign(claims(nil))
+		if _, err := v.Verify(context.Background(), tok2); !errors.Is(err, verify.ErrUnknownKID) {
+			t.Fatalf("kid of a set that could not be fetched: %v", err)
+		}
+		if n := is.hits.Load(); n != 5 {
+			t.Fatalf("%d JWKS requests, want 5 (one for the unknown kid)", n)
+		}
+		if _, err := v.Verify(context.Background(), tok1); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(logs.String(), "keeping the last good set") || !strings.Contains(logs.String(), "500") {
+			t.Fatalf("logs do not report the failed refresh:\n%s", logs.String())
+		}
+		// The server comes back: the next refresh, MinRefresh after the
+		// failed one, picks up the new key.
+		is.fail.Store(false)
+		time.Sleep(minRefresh - 1)
+		synctest.Wait()
+		if _, err := v.Verify(context.Background(), tok2); !errors.Is(err, verify.ErrUnknownKID) {
+			t.Fatalf("before the next refresh: %v", err)
+		}
+		time.Sleep(1)
+		synctest.Wait()
+		if _, err := v.Verify(context.Background(), tok2); err != nil {
+			t.Fatalf("after the server came back: %v", err)
+		}
+		if n := is.hits.Load(); n != 6 {
+			t.Fatalf("%d JWKS requests, want 6", n)
+		}
 	})
-	tok1 := is.sign(claims(nil))
-	is.fail.Store(true)
-	before := is.hits.Load()
-	waitFor(t, 5*time.Second, "failing refreshes", func() bool { return is.hits.Load() >= before+3 })
-	if _, err := v.Verify(context.Background(), tok1); err != nil {
-		t.Fatalf("after failed refreshes: %v", err)
-	}
-	// An unknown kid's refresh fails too: refused, and the old set stays.
-	is.rotate(k2, k1)
-	if _, err := v.Verify(context.Background(), is.sign(claims(nil))); !errors.Is(err, verify.ErrUnknownKID) {
-		t.Fatalf("kid of a set that could not be fetched: %v", err)
-	}
-	if _, err := v.Verify(context.Background(), tok1); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(logs.String(), "keeping the last good set") || !strings.Contains(logs.String(), "500") {
-		t.Fatalf("logs do not report the failed refresh:\n%s", logs.String())
-	}
-	// The server comes back: the new key is picked up.
-	is.fail.Store(false)
-	tok2 := is.sign(claims(nil))
-	waitFor(t, 5*time.Second, "recovery", func() bool {
-		_, err := v.Verify(context.Background(), tok2)
-		return err == nil
+}
+
+// TestVerifierSilentServer: a JWKS server that takes the request and never
+// answers costs a background refresh 10 s and a request no more than its own
+// deadline; the last good set is kept meanwhile.
+func TestVerifierSilentServer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const minRefresh = time.Minute
+		k1, k2 := newKey(t), newKey(t)
+		is := newMemIssuer(t, k1)
+		v, logs := newVerifier(t, is, func(c *verify.VerifierConfig) { c.MinRefresh, c.MaxRefresh = minRefresh, minRefresh })
+		tok1 := is.sign(claims(nil))
+		is.delay.Store(int64(24 * time.Hour))
+		time.Sleep(minRefresh) // the background refresh starts and hangs
+		synctest.Wait()
+		start := time.Now()
+		if _, err := v.Verify(context.Background(), tok1); err != nil {
+			t.Fatalf("while a refresh hangs: %v", err)
+		}
+		// A new kid: the request waits for the refresh under way, up to its
+		// own deadline.
+		is.rotate(k2, k1)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err := v.Verify(ctx, is.sign(claims(nil)))
+		if !errors.Is(err, verify.ErrUnknownKID) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("unknown kid while the server hangs: %v", err)
+		}
+		if took := time.Since(start); took != 2*time.Second {
+			t.Fatalf("the request took %s, want its 2s deadline", took)
+		}
+		// The hanging fetch gives up 10 s after it started.
+		time.Sleep(8*time.Second - 1)
+		synctest.Wait()
+		if strings.Contains(logs.String(), "refresh failed") {
+			t.Fatalf("the fetch gave up before 10 s:\n%s", logs.String())
+		}
+		time.Sleep(1)
+		synctest.Wait()
+		if !strings.Contains(logs.String(), "refresh failed; keeping the last good set") || !strings.Contains(logs.String(), "deadline exceeded") {
+			t.Fatalf("no failed refresh logged 10 s after it started:\n%s", logs.String())
+		}
+		if _, err := v.Verify(context.Background(), tok1); err != nil {
+			t.Fatalf("after the fetch gave up: %v", err)
+		}
+		// A verifier cannot be made from a silent server: the first fetch
+		// gives up after 10 s even without a deadline of its own.
+		start = time.Now()
+		_, err = verify.NewVerifier(context.Background(), verify.VerifierConfig{JWKSURL: is.url(), Issuer: testIssuer, Audience: testAudience, HTTPClient: is.client})
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("NewVerifier with a silent server: %v", err)
+		}
+		if took := time.Since(start); took != 10*time.Second {
+			t.Fatalf("NewVerifier gave up after %s, want 10s", took)
+		}
 	})
 }
 
@@ -944,29 +1165,51 @@ func TestNewVerifierRefusesBadConfig(t *testing.T) {
 }
 
 func TestVerifierClose(t *testing.T) {
-	is := newIssuer(t, newKey(t))
-	is.setCacheControl("no-store")
-	v, _ := newVerifier(t, is, func(c *verify.VerifierConfig) { c.MinRefresh, c.MaxRefresh = 20*time.Millisecond, time.Second })
-	waitFor(t, 5*time.Second, "a background refresh", func() bool { return is.hits.Load() >= 2 })
-	if err := v.Close(); err != nil {
-		t.Fatal(err)
-	}
-	n := is.hits.Load()
-	time.Sleep(100 * time.Millisecond)
-	if got := is.hits.Load(); got != n {
-		t.Fatalf("%d requests after Close", got-n)
-	}
-	// Verify keeps working with the last set; an unknown kid does not fetch.
-	if _, err := v.Verify(context.Background(), is.sign(claims(nil))); err != nil {
-		t.Fatal(err)
-	}
-	k := newKey(t)
-	if _, err := v.Verify(context.Background(), is.forge(jose.ES256, k, map[jose.HeaderKey]any{"kid": kidOf(t, k)}, claims(nil))); !errors.Is(err, verify.ErrUnknownKID) {
-		t.Fatal(err)
-	}
-	if got := is.hits.Load(); got != n {
-		t.Fatalf("%d requests after Close", got-n)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		const minRefresh = time.Minute
+		is := newMemIssuer(t, newKey(t))
+		is.setCacheControl("no-store")
+		v, _ := newVerifier(t, is, func(c *verify.VerifierConfig) { c.MinRefresh, c.MaxRefresh = minRefresh, time.Hour })
+		time.Sleep(minRefresh)
+		synctest.Wait()
+		if n := is.hits.Load(); n != 2 {
+			t.Fatalf("%d JWKS requests after one interval, want 2", n)
+		}
+		// The next refresh hangs on a silent server; Close ends it at once.
+		is.delay.Store(int64(24 * time.Hour))
+		time.Sleep(minRefresh)
+		synctest.Wait()
+		start := time.Now()
+		if err := v.Close(); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if took, left := time.Since(start), is.gaveUp.Load(); took != 0 || left != 1 {
+			t.Fatalf("Close took %s and %d hanging fetches were ended, want 0s and 1", took, left)
+		}
+		is.delay.Store(0)
+		// No refresh comes after a day (and the bubble would report the
+		// background loop's goroutine if Close had left it running).
+		time.Sleep(24 * time.Hour)
+		synctest.Wait()
+		if n := is.hits.Load(); n != 3 {
+			t.Fatalf("%d requests after Close", n-3)
+		}
+		// Verify keeps working with the last set; an unknown kid does not fetch.
+		if _, err := v.Verify(context.Background(), is.sign(claims(nil))); err != nil {
+			t.Fatal(err)
+		}
+		k := newKey(t)
+		if _, err := v.Verify(context.Background(), is.forge(jose.ES256, k, map[jose.HeaderKey]any{"kid": kidOf(t, k)}, claims(nil))); !errors.Is(err, verify.ErrUnknownKID) {
+			t.Fatal(err)
+		}
+		if n := is.hits.Load(); n != 3 {
+			t.Fatalf("%d requests after Close", n-3)
+		}
+		if err := v.Close(); err != nil {
+			t.Fatalf("second Close: %v", err)
+		}
+	})
 }
 
 // The example app of README.md: an upstream behind kmsgate that greets the

@@ -21,7 +21,7 @@ type Fake struct {
 	versions []backends.Version
 	keys     map[string]*ecdsa.PrivateKey
 	fail     error
-	hang     bool
+	hang     chan struct{} // closed to release the calls held by SetHang
 	delay    time.Duration
 	wrongKey bool
 
@@ -71,8 +71,19 @@ func (f *Fake) SetState(id string, st backends.State) {
 // SetFail makes every call fail with err (nil: succeed again).
 func (f *Fake) SetFail(err error) { f.mu.Lock(); f.fail = err; f.mu.Unlock() }
 
-// SetHang makes Sign block forever, ignoring its context.
-func (f *Fake) SetHang(h bool) { f.mu.Lock(); f.hang = h; f.mu.Unlock() }
+// SetHang(true) makes Sign block, ignoring its context, until SetHang(false)
+// releases the calls held (they then go on as if they had just arrived).
+func (f *Fake) SetHang(h bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case h && f.hang == nil:
+		f.hang = make(chan struct{})
+	case !h && f.hang != nil:
+		close(f.hang)
+		f.hang = nil
+	}
+}
 
 // SetDelay makes Sign wait d (or until its context ends) before answering.
 func (f *Fake) SetDelay(d time.Duration) { f.mu.Lock(); f.delay = d; f.mu.Unlock() }
@@ -95,7 +106,13 @@ func (f *Fake) Versions(context.Context) ([]backends.Version, error) {
 func (f *Fake) Sign(ctx context.Context, id string, digest []byte) ([]byte, error) {
 	f.Signs.Add(1)
 	f.mu.Lock()
-	fail, hang, delay, wrong := f.fail, f.hang, f.delay, f.wrongKey
+	hang := f.hang
+	f.mu.Unlock()
+	if hang != nil {
+		<-hang // a client library that ignores its context
+	}
+	f.mu.Lock()
+	fail, delay, wrong := f.fail, f.delay, f.wrongKey
 	k := f.keys[id]
 	if wrong {
 		for other, ok := range f.keys {
@@ -106,9 +123,6 @@ func (f *Fake) Sign(ctx context.Context, id string, digest []byte) ([]byte, erro
 		}
 	}
 	f.mu.Unlock()
-	if hang {
-		select {} // a client library that ignores its context
-	}
 	if delay > 0 {
 		t := time.NewTimer(delay)
 		select {

@@ -23,3 +23,10 @@ func SetTiming(b *Backend, timeout, attemptTimeout, pollInterval time.Duration) 
 
 // CallStats returns the counters of a backend's call loop.
 func CallStats(b *Backend) backends.CallStats { return b.caller.Stats() }
+
+// Pollers returns how many pending versions are being polled now.
+func Pollers(b *Backend) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.polling)
+}

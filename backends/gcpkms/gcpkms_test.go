@@ -558,12 +558,8 @@ func TestPendingGenerationPolled(t *testing.T) {
 	if n := e.fake.Calls(fakekms.GetPublicKey); n != pkCalls+1 {
 		t.Fatalf("refresh after generation fetched the key again (%d calls)", n-pkCalls)
 	}
-	// The poller has stopped.
-	polls = e.fake.Calls(fakekms.GetCryptoKeyVersion)
-	time.Sleep(100 * time.Millisecond)
-	if n := e.fake.Calls(fakekms.GetCryptoKeyVersion); n != polls {
-		t.Fatalf("poller still running: %d more polls", n-polls)
-	}
+	// The poller ends once the version is generated.
+	waitFor(t, "the poller to end", func() bool { return gcpkms.Pollers(b) == 0 })
 }
 
 func TestCloseStopsPollers(t *testing.T) {
@@ -581,10 +577,10 @@ func TestCloseStopsPollers(t *testing.T) {
 	if took := time.Since(start); took > time.Second {
 		t.Fatalf("Close took %s", took)
 	}
-	polls := e.fake.Calls(fakekms.GetCryptoKeyVersion)
-	time.Sleep(100 * time.Millisecond)
-	if n := e.fake.Calls(fakekms.GetCryptoKeyVersion); n != polls {
-		t.Fatalf("%d polls after Close", n-polls)
+	// Close has waited for the poller, which was still polling: none is
+	// left to poll again.
+	if n := gcpkms.Pollers(b); n != 0 {
+		t.Fatalf("%d pollers left after Close", n)
 	}
 }
 

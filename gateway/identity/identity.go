@@ -171,12 +171,18 @@ type Discovery struct {
 // (every 1 s at first, backing off to 30 s), logging each failure to log.
 // Only an issuer that can never work is an error.
 func Discover(ctx context.Context, issuer string, log *slog.Logger) (*Discovery, error) {
+	// go-oidc fetches the JWKS in the background with this client; without a
+	// timeout, one hung fetch would hold every later verification.
+	return discover(ctx, issuer, log, &http.Client{Timeout: 10 * time.Second})
+}
+
+// discover is Discover with the HTTP client that reaches the issuer (tests
+// pass one that serves in memory).
+func discover(ctx context.Context, issuer string, log *slog.Logger, client *http.Client) (*Discovery, error) {
 	if u, err := url.Parse(issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return nil, fmt.Errorf("--oidc-issuer %q must be an http:// or https:// URL", issuer)
 	}
-	// go-oidc fetches the JWKS in the background with this client; without a
-	// timeout, one hung fetch would hold every later verification.
-	d := &Discovery{issuer: issuer, client: &http.Client{Timeout: 10 * time.Second}}
+	d := &Discovery{issuer: issuer, client: client}
 	if err := d.connect(ctx); err != nil {
 		log.Warn("oidc issuer not reachable; its requests get 503 and the gateway is not ready until it is", "issuer", issuer, "err", err.Error())
 		go d.retry(ctx, log)
@@ -213,8 +219,8 @@ func (d *Discovery) retry(ctx context.Context, log *slog.Logger) {
 			log.Info("oidc issuer reached; its requests are judged", "issuer", d.issuer)
 			return
 		}
-		log.Warn("oidc issuer still not reachable", "issuer", d.issuer, "err", err.Error(), "retry_in", (2 * wait).String())
 		wait = min(2*wait, 30*time.Second)
+		log.Warn("oidc issuer still not reachable", "issuer", d.issuer, "err", err.Error(), "retry_in", wait.String())
 	}
 }
 

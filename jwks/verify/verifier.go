@@ -241,6 +241,11 @@ func (v *Verifier) run() {
 		if err := v.refresh(v.base); err != nil && v.base.Err() == nil {
 			v.cfg.Logger.Warn("jwks: key set refresh failed; keeping the last good set", "url", v.logURL, "err", err.Error())
 		}
+		if v.base.Err() != nil {
+			// Closed during the refresh, which may still be ending (an
+			// HTTPClient can be slow to give up): do not ask again.
+			return
+		}
 	}
 }
 
