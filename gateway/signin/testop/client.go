@@ -86,7 +86,9 @@ func (c *client) GrantTypes() []oidc.GrantType {
 }
 
 // LoginURL is the provider's login page for auth request id.
-func (c *client) LoginURL(id string) string { return loginPath + "?authRequestID=" + url.QueryEscape(id) }
+func (c *client) LoginURL(id string) string {
+	return loginPath + "?authRequestID=" + url.QueryEscape(id)
+}
 
 func (c *client) AccessTokenType() op.AccessTokenType { return op.AccessTokenTypeBearer }
 func (c *client) IDTokenLifetime() time.Duration      { return c.idTokenTTL }
