@@ -29,6 +29,7 @@ import (
 	"github.com/kmsgate/kmsgate/backends/pem"
 	"github.com/kmsgate/kmsgate/gateway"
 	"github.com/kmsgate/kmsgate/gateway/audit"
+	"github.com/kmsgate/kmsgate/gateway/session"
 	"github.com/kmsgate/kmsgate/jwks"
 )
 
@@ -58,6 +59,8 @@ type serveFlags struct {
 	proxy          gateway.ProxyConfig
 	trusted        []string
 	allow          string
+	clientSecret   string       // --oidc-client-secret, a reference
+	cookieSecret   string       // --cookie-secret, a reference
 	devSource      *jwks.Source // the --dev in-memory key
 }
 
@@ -93,11 +96,22 @@ func newServeCmd() *cobra.Command {
 	f.Int64Var(&sf.maxBody, "max-body", 64<<10, "largest sign request body in bytes")
 	f.DurationVar(&sf.grace, "shutdown-grace", 30*time.Second, "how long in-flight requests may finish after SIGTERM")
 	f.StringVar(&sf.proxy.Upstream, "upstream", "", "upstream URL that receives every request no route matches, with a signed assertion")
-	f.StringVar(&sf.proxy.Identity, "identity", "", "identity source for the proxy and /v1/auth: headers (oauth2-proxy, from --trusted-proxy), oidc (Authorization: Bearer) or client-cert")
+	f.StringVar(&sf.proxy.Identity, "identity", "", "identity source for the proxy and /v1/auth: headers (oauth2-proxy, from --trusted-proxy), oidc (Authorization: Bearer), oidc-login (browser sign-in) or client-cert")
 	f.StringVar(&sf.allow, "allow", "", "default policy for routes without one (and forward-auth requests no route matches): any-authenticated lets every identity through; for rules, use policy: in the config file")
 	f.StringSliceVar(&sf.trusted, "trusted-proxy", nil, "CIDRs or addresses of the authenticating proxy in front, whose X-Forwarded-User/-Email/-Groups are trusted")
 	f.StringVar(&sf.proxy.OIDCIssuer, "oidc-issuer", "", "issuer URL of the OIDC provider whose bearer tokens the oidc source accepts")
 	f.StringVar(&sf.proxy.OIDCAudience, "oidc-audience", "", "audience (client id) the OIDC tokens must carry")
+	f.StringVar(&sf.proxy.OIDCGroupsClaim, "oidc-groups-claim", "groups", "ID token claim holding the user's groups (oidc and oidc-login)")
+	f.StringVar(&sf.proxy.SignIn.ClientID, "oidc-client-id", "", "oidc-login: the gateway's client id at the provider")
+	f.StringVar(&sf.clientSecret, "oidc-client-secret", "", "oidc-login: where the client secret is, env://NAME or file:PATH (none: a public client, PKCE only)")
+	f.StringVar(&sf.proxy.SignIn.RedirectURL, "oidc-redirect-url", "", "oidc-login: the callback registered at the provider (default: the request's host, https when served over TLS, + /v1/oidc/callback)")
+	f.StringSliceVar(&sf.proxy.SignIn.Scopes, "oidc-scopes", []string{"openid", "email", "profile", "offline_access"}, "oidc-login: scopes asked for at sign-in")
+	f.StringVar(&sf.cookieSecret, "cookie-secret", "", "oidc-login: where the session cookie keys are, env://NAME or file:PATH: lines of base64 32-byte keys, the first seals, all open (rotation)")
+	f.StringVar(&sf.proxy.SignIn.Cookie.Name, "cookie-name", "_kmsgate", "oidc-login: name of the session cookie")
+	f.StringVar(&sf.proxy.SignIn.Cookie.Domain, "cookie-domain", "", "oidc-login: domain the session cookie is sent to (default: only the host that set it)")
+	f.BoolVar(&sf.proxy.SignIn.Cookie.Secure, "cookie-secure", true, "oidc-login: send the session cookie over HTTPS only (browsers also allow http://localhost)")
+	f.DurationVar(&sf.proxy.SignIn.Lifetime, "session-lifetime", 12*time.Hour, "oidc-login: a session ends this long after sign-in")
+	f.DurationVar(&sf.proxy.SignIn.Idle, "session-idle", time.Hour, "oidc-login: a session unused for this long ends")
 	f.StringVar(&sf.proxy.Header, "assertion-header", gateway.DefaultAssertionHeader, "header carrying the signed identity assertion (X-Pomerium-Jwt-Assertion for drop-in use)")
 	f.DurationVar(&sf.proxy.TTL, "assertion-ttl", 5*time.Minute, "lifetime of an identity assertion; cached copies are reused for 80% of it")
 	f.IntVar(&sf.proxy.CacheSize, "assertion-cache-size", 10000, "most cached assertions (per identity and audience), least recently used out first")
@@ -322,6 +336,25 @@ func preflight(sf *serveFlags, sections *configSectionsFile) error {
 	if sf.allow != "" && !sections.Policy.IsZero() {
 		add("--allow and the config file's policy: both set the default policy; keep one")
 	}
+	if sf.cookieSecret != "" {
+		data, err := readSecret(sf.cookieSecret)
+		if err == nil {
+			sf.proxy.SignIn.Sealer, err = session.ParseKeys([]byte(data), sf.cookieSecret)
+		}
+		if err != nil {
+			add("--cookie-secret: %v", err)
+		}
+	}
+	if sf.clientSecret != "" {
+		secret, err := readSecret(sf.clientSecret)
+		if err != nil {
+			add("--oidc-client-secret: %v", err)
+		}
+		sf.proxy.SignIn.ClientSecret = secret
+	}
+	if sf.proxy.SignIn.Lifetime <= 0 || sf.proxy.SignIn.Idle <= 0 {
+		add("--session-lifetime and --session-idle must be positive")
+	}
 	pc := sf.proxy
 	pc.Routes, pc.TrustedProxies = sections.Routes, nil
 	for _, t := range sf.trusted {
@@ -455,4 +488,27 @@ func parsePrefix(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, err
 	}
 	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// readSecret reads a secret from env://NAME or file:PATH, trimmed of
+// surrounding white space. The secret never appears in an error.
+func readSecret(ref string) (string, error) {
+	switch {
+	case strings.HasPrefix(ref, "env://"):
+		v, ok := os.LookupEnv(strings.TrimPrefix(ref, "env://"))
+		if !ok || strings.TrimSpace(v) == "" {
+			return "", fmt.Errorf("%s: the variable is not set or empty", ref)
+		}
+		return strings.TrimSpace(v), nil
+	case strings.HasPrefix(ref, "file:"):
+		b, err := os.ReadFile(strings.TrimPrefix(strings.TrimPrefix(ref, "file:"), "//"))
+		if err != nil {
+			return "", err
+		}
+		if strings.TrimSpace(string(b)) == "" {
+			return "", fmt.Errorf("%s is empty", ref)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	return "", fmt.Errorf("%q: want env://NAME or file:PATH (a secret is never given on the command line)", ref)
 }

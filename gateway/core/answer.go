@@ -34,7 +34,7 @@ type Answer struct {
 	Forward bool
 	Plan    proxy.Plan
 
-	hdr [10]header.Field
+	hdr [14]header.Field
 	n   int
 }
 

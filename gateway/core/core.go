@@ -26,6 +26,8 @@ import (
 	"github.com/kmsgate/kmsgate/gateway/policy"
 	"github.com/kmsgate/kmsgate/gateway/proxy"
 	"github.com/kmsgate/kmsgate/gateway/route"
+	"github.com/kmsgate/kmsgate/gateway/session"
+	"github.com/kmsgate/kmsgate/gateway/signin"
 	"github.com/kmsgate/kmsgate/jwks"
 )
 
@@ -86,8 +88,14 @@ type ProxyConfig struct {
 	// TrustedProxies (--trusted-proxy) may send oauth2-proxy identity
 	// headers.
 	TrustedProxies []netip.Prefix
-	// OIDCIssuer and OIDCAudience configure the oidc source.
+	// OIDCIssuer and OIDCAudience configure the oidc source; the issuer
+	// is also oidc-login's provider.
 	OIDCIssuer, OIDCAudience string
+	// OIDCGroupsClaim is the ID token claim holding the groups, for oidc
+	// and oidc-login (default groups).
+	OIDCGroupsClaim string
+	// SignIn configures the oidc-login source (browser sign-in).
+	SignIn signin.Config
 	// Header (--assertion-header) is the default assertion header name.
 	Header string
 	// TTL (--assertion-ttl) is an assertion's lifetime.
@@ -132,6 +140,10 @@ type proxyState struct {
 	rules    proxy.Rules
 	minter   *assertion.Minter
 	upstream time.Duration
+	// signin is the oidc-login source, if any; its cookies (ownCookies)
+	// never reach an upstream.
+	signin     *signin.Source
+	ownCookies []session.Cookies
 }
 
 // New validates cfg and builds the core over a keyring. ctx bounds the
@@ -242,9 +254,13 @@ func IdentityProblems(pc ProxyConfig) []string {
 			if pc.OIDCIssuer == "" || pc.OIDCAudience == "" {
 				p = append(p, fmt.Sprintf("identity oidc (%s) needs --oidc-issuer and --oidc-audience", by))
 			}
+		case identity.SourceOIDCLogin:
+			if pc.OIDCIssuer == "" || pc.SignIn.ClientID == "" || pc.SignIn.Sealer == nil {
+				p = append(p, fmt.Sprintf("identity oidc-login (%s) needs --oidc-issuer, --oidc-client-id and --cookie-secret", by))
+			}
 		case identity.SourceClientCert:
 		default:
-			p = append(p, fmt.Sprintf("identity %q (%s): want headers, oidc or client-cert", src, by))
+			p = append(p, fmt.Sprintf("identity %q (%s): want headers, oidc, oidc-login or client-cert", src, by))
 		}
 	}
 	slices.Sort(p)
@@ -395,19 +411,47 @@ func (c *Core) buildProxy(ctx context.Context) (*proxyState, error) {
 	if problems := IdentityProblems(pc); len(problems) > 0 {
 		return nil, errors.New(strings.Join(problems, "; "))
 	}
+	var disc *identity.Discovery
 	for _, n := range names {
 		if _, done := p.sources[n]; done {
 			continue
+		}
+		if (n == identity.SourceOIDC || n == identity.SourceOIDCLogin) && disc == nil {
+			var err error
+			if disc, err = identity.Discover(ctx, pc.OIDCIssuer, c.log); err != nil {
+				return nil, err
+			}
+		}
+		groups := pc.OIDCGroupsClaim
+		if groups == "" {
+			groups = "groups"
 		}
 		switch n {
 		case identity.SourceHeaders:
 			p.sources[n] = identity.NewHeaderSource(pc.TrustedProxies)
 		case identity.SourceOIDC:
-			src, err := identity.NewOIDCSource(ctx, pc.OIDCIssuer, pc.OIDCAudience, c.cfg.RequestTimeout, c.log)
+			src, err := identity.NewOIDCSource(disc, pc.OIDCAudience, groups, c.cfg.RequestTimeout)
 			if err != nil {
 				return nil, err
 			}
 			p.sources[n] = src
+		case identity.SourceOIDCLogin:
+			cfg := pc.SignIn
+			cfg.GroupsClaim, cfg.Logger = groups, c.log
+			if cfg.Timeout <= 0 {
+				cfg.Timeout = c.cfg.RequestTimeout
+			}
+			src, err := signin.New(disc, cfg, c.cfg.Prefix)
+			if err != nil {
+				return nil, err
+			}
+			p.sources[n], p.signin = src, src
+			for _, ck := range src.Cookies() {
+				p.ownCookies = append(p.ownCookies, ck)
+			}
+			c.endpoints[c.cfg.Prefix+signin.CallbackPath] = endpoint{label: signin.CallbackPath, serve: (*Core).serveCallback, methods: []string{"GET"}}
+			c.endpoints[c.cfg.Prefix+signin.LogoutPath] = endpoint{label: signin.LogoutPath, serve: (*Core).serveLogout, methods: []string{"GET", "POST"}}
+			c.endpoints[c.cfg.Prefix+signin.LoginPath] = endpoint{label: signin.LoginPath, serve: (*Core).serveLogin, methods: []string{"GET"}}
 		case identity.SourceClientCert:
 			p.sources[n] = identity.NewCertSource()
 		}

@@ -1,6 +1,7 @@
 package core
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 
@@ -22,15 +23,31 @@ func (c *Core) forward(r *Request, a *Answer) {
 		a.Fail(http.StatusNotFound, "no_route", "no route for this host and path")
 		return
 	}
+	returnTo := r.Path
+	if r.RawQuery != "" {
+		returnTo += "?" + r.RawQuery
+	}
 	var buf [proxy.MaxIdentityHeaders]header.Field
-	set, ok := c.pass(r, a, &p.guards[rt.Index], rt.Audience, rt.Name, buf[:0])
+	set, ok := c.pass(r, a, &p.guards[rt.Index], rt.Audience, rt.Name, returnTo, buf[:0])
 	if !ok {
 		return
+	}
+	var consumed proxy.Consumed
+	if rt.Identity == identity.SourceOIDC {
+		consumed |= proxy.ConsumedAuthorization
+	}
+	var cookie string
+	if p.signin != nil {
+		var removed bool
+		if cookie, removed = withoutOwnCookies(r.Headers.Values("Cookie"), p.ownCookies); removed {
+			consumed |= proxy.ConsumedCookie
+		}
 	}
 	a.Forward = true
 	a.Plan = p.rules.NewPlan(rt, r.Path, r.RawQuery, proxy.Client{
 		Host: r.Authority, Peer: r.Addr, TLS: r.TLSState != nil, Values: r.Headers.Values,
-	}, set, rt.Identity == identity.SourceOIDC, WantsWebSocket(r.Method, r.Headers))
+	}, set, consumed, cookie, WantsWebSocket(r.Method, r.Headers))
+	a.Plan.SetCookies = r.setCookies
 }
 
 // serveForwardAuth answers nginx auth_request, Traefik ForwardAuth and
@@ -77,13 +94,16 @@ func (c *Core) serveForwardAuth(r *Request, a *Answer) {
 		g, origin = &p.guards[rt.Index], "forward-auth "+rt.Name
 	}
 	var buf [proxy.MaxIdentityHeaders]header.Field
-	set, ok := c.pass(r, a, g, aud, origin, buf[:0])
+	set, ok := c.pass(r, a, g, aud, origin, "", buf[:0])
 	if !ok {
 		return
 	}
 	a.Status = http.StatusOK
 	for _, f := range set {
 		a.Set(f.Name, f.Value)
+	}
+	for _, v := range r.setCookies {
+		a.Set("Set-Cookie", v)
 	}
 }
 
@@ -108,8 +128,10 @@ type counter interface{ Inc() }
 // is signed), then the identity headers the request carries, appended to
 // set: the signed assertion for aud (unless the route passes none; its
 // audit record names origin) and the claim headers, with the groups
-// filtered. It fills a and returns false when the request may not pass.
-func (c *Core) pass(r *Request, a *Answer, g *guard, aud, origin string, set []header.Field) ([]header.Field, bool) {
+// filtered. It fills a and returns false when the request may not pass;
+// a browser without a session is sent to sign in and come back to
+// returnTo ("" for none: 401).
+func (c *Core) pass(r *Request, a *Answer, g *guard, aud, origin, returnTo string, set []header.Field) ([]header.Field, bool) {
 	a.Route = g.name
 	if g.policy == nil {
 		a.Decision = "no-policy"
@@ -124,6 +146,10 @@ func (c *Core) pass(r *Request, a *Answer, g *guard, aud, origin string, set []h
 	id, err := src.Identify(r)
 	if err != nil {
 		c.log.Debug("no acceptable identity", "source", g.source, "reason", err.Error())
+		if errors.Is(err, identity.ErrSignIn) {
+			c.signIn(r, a, returnTo)
+			return nil, false
+		}
 		a.identityFailure(err, g.source)
 		return nil, false
 	}

@@ -53,7 +53,8 @@ type Request struct {
 	// route package).
 	Path, RawQuery, Host string
 
-	bodyRead bool
+	bodyRead   bool
+	setCookies []string // from the identity source (a renewed session)
 }
 
 // BodyRead reports whether the core read the request body to its end; a

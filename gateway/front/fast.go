@@ -374,6 +374,9 @@ func (f *fastFront) forward(ctx *fasthttp.RequestCtx, a *core.Answer, up *fastht
 		resp.SetBodyRaw(body)
 	}
 	dropHopHeaders(&resp.Header)
+	for _, v := range a.Plan.SetCookies {
+		resp.Header.Add("Set-Cookie", v)
+	}
 	if clientClose {
 		resp.Header.SetConnectionClose()
 	} else {

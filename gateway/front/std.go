@@ -184,7 +184,7 @@ func (w hijackBuffered) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 func writeStd(w http.ResponseWriter, a *core.Answer) {
 	h := w.Header()
 	for _, f := range a.Header() {
-		h.Set(f.Name, f.Value)
+		h.Add(f.Name, f.Value) // an answer repeats only Set-Cookie
 	}
 	if a.ContentType != "" {
 		h.Set("Content-Type", a.ContentType)
@@ -249,6 +249,14 @@ func (s *stdFront) newReverseProxy(idle time.Duration) *httputil.ReverseProxy {
 				out.Header.Set(f.Name, f.Value)
 			}
 			out.Trailer = nil // client trailers never go upstream
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			if p, ok := resp.Request.Context().Value(planKey{}).(*proxy.Plan); ok {
+				for _, v := range p.SetCookies {
+					resp.Header.Add("Set-Cookie", v)
+				}
+			}
+			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {

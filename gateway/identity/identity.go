@@ -60,6 +60,7 @@ const (
 	SourceHeaders    = "headers"
 	SourceOIDC       = "oidc"
 	SourceClientCert = "client-cert"
+	SourceOIDCLogin  = "oidc-login"
 )
 
 // ErrNoIdentity and ErrSpoofed are the two ways a request can fail to carry
@@ -154,60 +155,50 @@ type Readier interface {
 	Ready() (bool, string)
 }
 
-// oidcSource verifies an Authorization: Bearer OIDC token against its
-// issuer's discovery document and JWKS (go-oidc): issuer, audience, expiry
-// and an asymmetric algorithm are checked. Until the discovery document has
-// been fetched it refuses every request with ErrUnavailable and retries in
-// the background, so an identity provider that is down at start makes the
-// gateway start unready instead of failing.
-type oidcSource struct {
-	issuer, audience string
-	timeout          time.Duration // bounds a verification, which may fetch the issuer's JWKS
-	verifier         atomic.Pointer[oidc.IDTokenVerifier]
-	client           *http.Client
+// Discovery is an OIDC issuer's discovery document, fetched at start or,
+// when the issuer cannot be reached then, in the background until it is,
+// so an identity provider that is down at start makes the gateway start
+// unready instead of failing. It is shared by the sources that use the
+// issuer.
+type Discovery struct {
+	issuer string
+	client *http.Client
+	p      atomic.Pointer[oidc.Provider]
 }
 
-// NewOIDCSource returns the oidc source of an issuer and audience. It
-// fetches the issuer's discovery document within ctx's first 15 s; if that
-// fails, it keeps retrying in the background until ctx ends (every 1 s at
-// first, backing off to 30 s), logging each failure to log. Only a
-// configuration that can never work is an error.
-func NewOIDCSource(ctx context.Context, issuer, audience string, timeout time.Duration, log *slog.Logger) (Source, error) {
-	if issuer == "" || audience == "" {
-		return nil, errors.New("the oidc identity source needs --oidc-issuer and --oidc-audience")
-	}
+// Discover fetches the discovery document of issuer within ctx's first
+// 15 s; if that fails, it keeps retrying in the background until ctx ends
+// (every 1 s at first, backing off to 30 s), logging each failure to log.
+// Only an issuer that can never work is an error.
+func Discover(ctx context.Context, issuer string, log *slog.Logger) (*Discovery, error) {
 	if u, err := url.Parse(issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return nil, fmt.Errorf("--oidc-issuer %q must be an http:// or https:// URL", issuer)
 	}
 	// go-oidc fetches the JWKS in the background with this client; without a
 	// timeout, one hung fetch would hold every later verification.
-	s := &oidcSource{issuer: issuer, audience: audience, timeout: timeout, client: &http.Client{Timeout: 10 * time.Second}}
-	if err := s.connect(ctx); err != nil {
-		log.Warn("oidc issuer not reachable; oidc requests get 503 and the gateway is not ready until it is", "issuer", issuer, "err", err.Error())
-		go s.retry(ctx, log)
+	d := &Discovery{issuer: issuer, client: &http.Client{Timeout: 10 * time.Second}}
+	if err := d.connect(ctx); err != nil {
+		log.Warn("oidc issuer not reachable; its requests get 503 and the gateway is not ready until it is", "issuer", issuer, "err", err.Error())
+		go d.retry(ctx, log)
 	}
-	return s, nil
+	return d, nil
 }
 
-// connect fetches the discovery document and installs the verifier.
-func (s *oidcSource) connect(ctx context.Context) error {
+// connect fetches the discovery document.
+func (d *Discovery) connect(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	// The provider's JWKS fetches outlive this call: their client, not ctx.
-	p, err := oidc.NewProvider(oidc.ClientContext(ctx, s.client), s.issuer)
+	p, err := oidc.NewProvider(oidc.ClientContext(ctx, d.client), d.issuer)
 	if err != nil {
-		return fmt.Errorf("oidc issuer %s: %w", s.issuer, err)
+		return fmt.Errorf("oidc issuer %s: %w", d.issuer, err)
 	}
-	s.verifier.Store(p.VerifierContext(oidc.ClientContext(context.Background(), s.client), &oidc.Config{
-		ClientID: s.audience,
-		SupportedSigningAlgs: []string{oidc.RS256, oidc.RS384, oidc.RS512, oidc.ES256, oidc.ES384, oidc.ES512,
-			oidc.PS256, oidc.PS384, oidc.PS512, oidc.EdDSA},
-	}))
+	d.p.Store(p)
 	return nil
 }
 
 // retry connects until it succeeds or ctx ends.
-func (s *oidcSource) retry(ctx context.Context, log *slog.Logger) {
+func (d *Discovery) retry(ctx context.Context, log *slog.Logger) {
 	wait := time.Second
 	for {
 		t := time.NewTimer(wait)
@@ -217,54 +208,62 @@ func (s *oidcSource) retry(ctx context.Context, log *slog.Logger) {
 			return
 		case <-t.C:
 		}
-		err := s.connect(ctx)
+		err := d.connect(ctx)
 		if err == nil {
-			log.Info("oidc issuer reached; oidc requests are judged", "issuer", s.issuer)
+			log.Info("oidc issuer reached; its requests are judged", "issuer", d.issuer)
 			return
 		}
-		log.Warn("oidc issuer still not reachable", "issuer", s.issuer, "err", err.Error(), "retry_in", (2 * wait).String())
+		log.Warn("oidc issuer still not reachable", "issuer", d.issuer, "err", err.Error(), "retry_in", (2 * wait).String())
 		wait = min(2*wait, 30*time.Second)
 	}
 }
 
+// Provider returns the issuer's provider, nil until it has been reached.
+func (d *Discovery) Provider() *oidc.Provider { return d.p.Load() }
+
+// Client is the HTTP client for calls to the issuer (with a timeout).
+func (d *Discovery) Client() *http.Client { return d.client }
+
+// Issuer is the issuer's URL.
+func (d *Discovery) Issuer() string { return d.issuer }
+
 // Ready implements Readier.
-func (s *oidcSource) Ready() (bool, string) {
-	if s.verifier.Load() == nil {
-		return false, "oidc issuer " + s.issuer
+func (d *Discovery) Ready() (bool, string) {
+	if d.p.Load() == nil {
+		return false, "oidc issuer " + d.issuer
 	}
 	return true, ""
 }
 
-func (s *oidcSource) Identify(r Request) (Identity, error) {
-	auth := r.Header("Authorization")
-	scheme, raw, ok := strings.Cut(auth, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || raw == "" {
-		return Identity{}, ErrNoIdentity
+// Verifier returns an ID token verifier of the issuer for clientID (the
+// audience), accepting only asymmetric algorithms; nil until the issuer
+// has been reached.
+func (d *Discovery) Verifier(clientID string) *oidc.IDTokenVerifier {
+	p := d.p.Load()
+	if p == nil {
+		return nil
 	}
-	v := s.verifier.Load()
-	if v == nil {
-		return Identity{}, ErrUnavailable
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
-	defer cancel()
-	tok, err := v.Verify(ctx, strings.TrimSpace(raw))
-	if err != nil {
-		return Identity{}, fmt.Errorf("%w: %v", ErrNoIdentity, err)
-	}
-	var c struct {
-		Email             string `json:"email"`
-		Name              string `json:"name"`
-		PreferredUsername string `json:"preferred_username"`
-		Groups            any    `json:"groups"`
-	}
+	return p.VerifierContext(oidc.ClientContext(context.Background(), d.client), &oidc.Config{
+		ClientID: clientID,
+		SupportedSigningAlgs: []string{oidc.RS256, oidc.RS384, oidc.RS512, oidc.ES256, oidc.ES384, oidc.ES512,
+			oidc.PS256, oidc.PS384, oidc.PS512, oidc.EdDSA},
+	})
+}
+
+// FromIDToken is the identity a verified ID token names: sub, user (its
+// preferred_username, else sub), email, name, and the groups from the
+// groupsClaim claim (a list of texts, or one text).
+func FromIDToken(tok *oidc.IDToken, groupsClaim string) (Identity, error) {
+	var c map[string]any
 	if err := tok.Claims(&c); err != nil {
 		return Identity{}, fmt.Errorf("%w: claims: %v", ErrNoIdentity, err)
 	}
-	id := Identity{Subject: tok.Subject, User: tok.Subject, Email: c.Email, Name: c.Name}
-	if c.PreferredUsername != "" {
-		id.User = c.PreferredUsername
+	text := func(k string) string { s, _ := c[k].(string); return s }
+	id := Identity{Subject: tok.Subject, User: tok.Subject, Email: text("email"), Name: text("name")}
+	if u := text("preferred_username"); u != "" {
+		id.User = u
 	}
-	switch g := c.Groups.(type) {
+	switch g := c[groupsClaim].(type) {
 	case string:
 		id.Groups = []string{g}
 	case []any:
@@ -275,6 +274,48 @@ func (s *oidcSource) Identify(r Request) (Identity, error) {
 		}
 	}
 	return id, nil
+}
+
+// oidcSource verifies an Authorization: Bearer OIDC token against its
+// issuer's discovery document and JWKS (go-oidc): issuer, audience, expiry
+// and an asymmetric algorithm are checked. Until the issuer has been
+// reached it refuses every request with ErrUnavailable.
+type oidcSource struct {
+	*Discovery
+	audience, groupsClaim string
+	timeout               time.Duration // bounds a verification, which may fetch the issuer's JWKS
+	verifier              atomic.Pointer[oidc.IDTokenVerifier]
+}
+
+// NewOIDCSource returns the oidc source of an issuer (see Discover) and
+// audience, taking the groups from groupsClaim.
+func NewOIDCSource(d *Discovery, audience, groupsClaim string, timeout time.Duration) (Source, error) {
+	if audience == "" {
+		return nil, errors.New("the oidc identity source needs --oidc-issuer and --oidc-audience")
+	}
+	return &oidcSource{Discovery: d, audience: audience, groupsClaim: groupsClaim, timeout: timeout}, nil
+}
+
+func (s *oidcSource) Identify(r Request) (Identity, error) {
+	auth := r.Header("Authorization")
+	scheme, raw, ok := strings.Cut(auth, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || raw == "" {
+		return Identity{}, ErrNoIdentity
+	}
+	v := s.verifier.Load()
+	if v == nil {
+		if v = s.Verifier(s.audience); v == nil {
+			return Identity{}, ErrUnavailable
+		}
+		s.verifier.Store(v)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
+	defer cancel()
+	tok, err := v.Verify(ctx, strings.TrimSpace(raw))
+	if err != nil {
+		return Identity{}, fmt.Errorf("%w: %v", ErrNoIdentity, err)
+	}
+	return FromIDToken(tok, s.groupsClaim)
 }
 
 // certSource takes the identity from a verified TLS client certificate:
@@ -324,4 +365,15 @@ func ClientAddr(r Request, trusted []netip.Prefix) (netip.Addr, error) {
 		}
 	}
 	return client, nil
+}
+
+// ErrSignIn is the failure of a browser-session source when a request has
+// no valid session: the core sends a browser to sign in and answers
+// anything else 401.
+var ErrSignIn = errors.New("no valid session")
+
+// CookieSetter is a request that takes cookies to set on its response: a
+// session source renews its cookie through it.
+type CookieSetter interface {
+	SetCookie(values ...string)
 }

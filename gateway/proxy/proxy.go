@@ -91,12 +91,16 @@ type Plan struct {
 	// WebSocket is set for a WebSocket upgrade, the only upgrade passed on.
 	WebSocket bool
 
-	rules             *Rules
-	conn              []string
-	trustedPeer       bool
-	dropAuthorization bool
-	set               [maxSet]header.Field
-	nset              int
+	// SetCookies are Set-Cookie values added to the upstream's response
+	// (a renewed session).
+	SetCookies []string
+
+	rules       *Rules
+	conn        []string
+	trustedPeer bool
+	consumed    Consumed
+	set         [maxSet]header.Field
+	nset        int
 }
 
 // Client is what a plan reads of the client's request.
@@ -119,17 +123,34 @@ func (r *Rules) Prepare() { r.owned = header.NewSet(r.Owned...) }
 const MaxIdentityHeaders = 6
 
 // maxSet is the most headers a plan sets: X-Forwarded-For, -Host and
-// -Proto, the identity headers, and a WebSocket's two.
-const maxSet = 3 + MaxIdentityHeaders + 2
+// -Proto, the identity headers, the client's cookies less the gateway's,
+// and a WebSocket's two.
+const maxSet = 3 + MaxIdentityHeaders + 1 + 2
+
+// Consumed names the client credentials an identity source used, which
+// never reach the upstream.
+type Consumed uint8
+
+const (
+	// ConsumedAuthorization: the Authorization header (an oidc bearer
+	// token) is dropped.
+	ConsumedAuthorization Consumed = 1 << iota
+	// ConsumedCookie: the Cookie headers are dropped, and the plan's
+	// filtered cookie (the client's cookies less the gateway's session)
+	// sent instead.
+	ConsumedCookie
+)
 
 // NewPlan returns the plan of a request for rt, with the identity headers
 // the gateway sets (the signed assertion and the claim headers, at most
-// MaxIdentityHeaders). webSocket passes the request's WebSocket upgrade on.
-func (r *Rules) NewPlan(rt *route.Route, path, query string, c Client, idHeaders []header.Field, dropAuthorization, webSocket bool) Plan {
+// MaxIdentityHeaders) and the credentials consumed; with ConsumedCookie,
+// cookie is the Cookie header sent instead ("" for none). webSocket passes
+// the request's WebSocket upgrade on.
+func (r *Rules) NewPlan(rt *route.Route, path, query string, c Client, idHeaders []header.Field, consumed Consumed, cookie string, webSocket bool) Plan {
 	p := Plan{
 		Route: rt, Path: rt.UpstreamPath(path), RawQuery: rt.UpstreamQuery(query), Host: rt.Target.Host, WebSocket: webSocket,
 		rules: r, conn: ConnectionTokens(c.Values("Connection")), trustedPeer: identity.Trusted(c.Peer, r.Trusted),
-		dropAuthorization: dropAuthorization,
+		consumed: consumed,
 	}
 	xff := c.Peer.String()
 	if p.trustedPeer {
@@ -146,6 +167,10 @@ func (r *Rules) NewPlan(rt *route.Route, path, query string, c Client, idHeaders
 	p.set[1] = header.Field{Name: "X-Forwarded-Host", Value: c.Host}
 	p.set[2] = header.Field{Name: "X-Forwarded-Proto", Value: proto}
 	p.nset = 3 + copy(p.set[3:3+MaxIdentityHeaders], idHeaders)
+	if consumed&ConsumedCookie != 0 && cookie != "" {
+		p.set[p.nset] = header.Field{Name: "Cookie", Value: cookie}
+		p.nset++
+	}
 	if webSocket {
 		p.set[p.nset] = header.Field{Name: "Connection", Value: "Upgrade"}
 		p.set[p.nset+1] = header.Field{Name: "Upgrade", Value: "websocket"}
@@ -158,7 +183,9 @@ func (r *Rules) NewPlan(rt *route.Route, path, query string, c Client, idHeaders
 // upstream request: hop-by-hop headers, every variant of an assertion or
 // claim header and of the X-Forwarded-* family (set anew by Set), identity
 // headers from an untrusted peer (and their "_" and "." variants from a
-// trusted one), and the bearer token a route's oidc source consumed.
+// trusted one), and the credentials the identity source consumed (the
+// bearer token of oidc; the cookies, replaced by the plan's, of a gateway
+// with sessions).
 func (p *Plan) Drop(name string) bool {
 	if HopByHop(name, p.conn) {
 		return true
@@ -177,7 +204,8 @@ func (p *Plan) Drop(name string) bool {
 	if h, ok := framingHeaders.Variant(name); ok && !header.Exact(name, h) {
 		return true
 	}
-	return p.dropAuthorization && header.Exact(name, "Authorization")
+	return (p.consumed&ConsumedAuthorization != 0 && header.Exact(name, "Authorization")) ||
+		(p.consumed&ConsumedCookie != 0 && header.Exact(name, "Cookie"))
 }
 
 // Set returns the headers the upstream request gets: X-Forwarded-For,

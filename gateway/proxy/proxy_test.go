@@ -43,20 +43,27 @@ func TestPlanDrop(t *testing.T) {
 		{"10.1.1.1", "X-Kmsgate-Claim-Email", false, true},
 		{"192.0.2.1", "x_kmsgate_claim_email", false, true},
 	} {
-		p := rules.NewPlan(rt, "/a", "", Client{Host: "h", Peer: netip.MustParseAddr(c.peer), Values: values(conn)}, tok, c.oidc, false)
+		p := rules.NewPlan(rt, "/a", "", Client{Host: "h", Peer: netip.MustParseAddr(c.peer), Values: values(conn)}, tok, consumed(c.oidc), "", false)
 		if got := p.Drop(c.name); got != c.drop {
 			t.Errorf("peer %s, oidc %v: Drop(%q) = %v, want %v", c.peer, c.oidc, c.name, got, c.drop)
 		}
 	}
 	xff := map[string][]string{"X-Forwarded-For": {"1.2.3.4", "5.6.7.8"}}
 	for peer, want := range map[string]string{"10.1.1.1": "1.2.3.4, 5.6.7.8, 10.1.1.1", "192.0.2.1": "192.0.2.1"} {
-		p := rules.NewPlan(rt, "/a", "", Client{Host: "h", Peer: netip.MustParseAddr(peer), Values: values(xff)}, tok, false, false)
+		p := rules.NewPlan(rt, "/a", "", Client{Host: "h", Peer: netip.MustParseAddr(peer), Values: values(xff)}, tok, 0, "", false)
 		if got := p.Set()[0]; got.Name != "X-Forwarded-For" || got.Value != want {
 			t.Errorf("peer %s: %v, want %s", peer, got, want)
 		}
 	}
-	p := rules.NewPlan(rt, "/a", "", Client{Peer: netip.MustParseAddr("10.1.1.1"), Values: values(nil)}, tok, false, true)
+	p := rules.NewPlan(rt, "/a", "", Client{Peer: netip.MustParseAddr("10.1.1.1"), Values: values(nil)}, tok, 0, "", true)
 	if set := p.Set(); len(set) != 6 || set[3].Name != "X-Pomerium-Jwt-Assertion" || set[5].Value != "websocket" {
 		t.Errorf("websocket plan sets %v", set)
 	}
+}
+
+func consumed(oidc bool) Consumed {
+	if oidc {
+		return ConsumedAuthorization
+	}
+	return 0
 }
