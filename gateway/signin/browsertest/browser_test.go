@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -90,7 +91,10 @@ func describe(ctx context.Context) string {
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	loc, _ := chromedp.Run(dctx, chromedp.Location())
-	body, _ := chromedp.Run(dctx, chromedp.OuterHTML(chromedp.CSS("html")))
+	body, _ := chromedp.Run(dctx, chromedp.OuterHTML(chromedp.CSS("body")))
+	if len(body) > 2000 {
+		body = body[:2000] + "…"
+	}
 	return fmt.Sprintf("browser at %s:\n%s", loc, body)
 }
 
@@ -166,6 +170,7 @@ type providerStats struct {
 	Logins         int `json:"logins"`
 	FailedLogins   int `json:"failed_logins"`
 	CodeGrants     int `json:"code_grants"`
+	RefreshGrants  int `json:"refresh_grants"`
 	EndSessions    int `json:"end_sessions"`
 	ActiveSessions int `json:"active_sessions"`
 }
@@ -350,4 +355,83 @@ func cookieNames(cs []*network.Cookie) string {
 		n = append(n, c.Name)
 	}
 	return strings.Join(n, ", ")
+}
+
+// control switches the test provider's failure knobs (-control).
+func control(t *testing.T, issuer string, form url.Values) {
+	t.Helper()
+	resp, err := http.PostForm(issuer+"/testop/control", form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("provider control %v: %s", form, resp.Status)
+	}
+}
+
+// TestBrowserReturnAndRefresh signs in through /v1/oidc/login with return
+// addresses that must not leave the gateway, then lets the session refresh
+// (the provider's ID tokens live 30 s, inside the gateway's refresh margin,
+// so every request refreshes), then makes the refresh fail and the token
+// endpoint fail.
+func TestBrowserReturnAndRefresh(t *testing.T) {
+	chromium(t)
+	dir := workDir(t)
+	issuer := startProvider(t, dir, "-id-token-ttl", "30s", "-control")
+	a := listenApp(t)
+	g := startGateway(t, dir, issuer, a.URL, fmt.Sprintf(browserConfig, a.URL))
+	a.serve(t, g.Base, g.Direct)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	b := newBrowser(t, ctx)
+
+	login := func(rd string) string { return g.Base + "/v1/oidc/login?rd=" + url.QueryEscape(rd) }
+
+	// A return path on the gateway is kept.
+	run(t, b, "login with rd=/ok/path?q=1", chromedp.Navigate(login("/ok/path?q=1")), signInForm("alice", "alice-pw"))
+	if got := readApp(t, b); got.loc != g.Base+"/ok/path?q=1" || got.sub != "user-alice" {
+		t.Fatalf("after login with rd=/ok/path?q=1: %+v", got)
+	}
+	// Anything that could leave the host returns to "/". The provider's
+	// sign-in session makes these sign-ins silent.
+	for _, rd := range []string{"//evil.example/x", "https://evil.example/", `/\evil.example`, "/\t/evil.example", "///evil.example", "javascript:alert(1)", "http:/evil.example"} {
+		run(t, b, "login with rd="+rd, chromedp.Navigate(login(rd)), waitURL(g.Base+"/"))
+		if got := readApp(t, b); got.loc != g.Base+"/" {
+			t.Errorf("login with rd=%s ended at %s, want %s/", rd, got.loc, g.Base)
+		}
+	}
+
+	// Refresh: the ID token is within the refresh margin, so the next
+	// request refreshes it and the user stays signed in.
+	before := stats(t, issuer)
+	run(t, b, "request that refreshes", chromedp.Navigate(g.Base+"/r1"))
+	if got := readApp(t, b); got.sub != "user-alice" || got.path != "/r1" {
+		t.Errorf("after refresh: %+v", got)
+	}
+	after := stats(t, issuer)
+	if after.RefreshGrants <= before.RefreshGrants || after.CodeGrants != before.CodeGrants {
+		t.Errorf("provider before %+v, after %+v: want a refresh grant and no new sign-in", before, after)
+	}
+
+	// The token endpoint down at sign-in: an error page at the callback, no
+	// session, no redirect loop.
+	run(t, b, "logout", chromedp.Navigate(g.Base+"/v1/oidc/logout"), waitURL(issuer+"/login?"))
+	control(t, issuer, url.Values{"fail_token": {"true"}})
+	before = stats(t, issuer)
+	run(t, b, "sign in while the token endpoint is down",
+		signInForm("alice", "alice-pw"),
+		waitURL(g.Base+"/v1/oidc/callback"))
+	h1 := get(t, b, "error page", chromedp.Text(chromedp.CSS("h1")))
+	t.Logf("callback with the token endpoint down answers a page headed %q", h1)
+	if !strings.Contains(h1, "Forbidden") && !strings.Contains(h1, "Unavailable") && !strings.Contains(h1, "Bad Gateway") {
+		t.Errorf("callback with the token endpoint down: page %q, want an error page", h1)
+	}
+	if c := findCookie(cookiesOf(t, b, g.Base+"/"), "_kmsgate"); c != nil {
+		t.Errorf("a session cookie was set although the code exchange failed")
+	}
+	if after := stats(t, issuer); after.Logins != before.Logins+1 {
+		t.Errorf("provider before %+v, after %+v: want exactly one sign-in (no loop)", before, after)
+	}
+	control(t, issuer, url.Values{"fail_token": {"false"}})
 }
