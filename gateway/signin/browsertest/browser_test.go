@@ -435,3 +435,38 @@ func TestBrowserReturnAndRefresh(t *testing.T) {
 	}
 	control(t, issuer, url.Values{"fail_token": {"false"}})
 }
+
+// TestBrowserRefusedRefresh makes the provider refuse every refresh while
+// its ID tokens live 30 s, inside the gateway's refresh margin: the
+// gateway must send the browser to sign in once, and the provider's
+// session lets it back in without a password, with no redirect loop.
+func TestBrowserRefusedRefresh(t *testing.T) {
+	chromium(t)
+	dir := workDir(t)
+	issuer := startProvider(t, dir, "-id-token-ttl", "30s", "-control")
+	a := listenApp(t)
+	g := startGateway(t, dir, issuer, a.URL, fmt.Sprintf(browserConfig, a.URL))
+	a.serve(t, g.Base, g.Direct)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	b := newBrowser(t, ctx)
+
+	// A refused refresh sends the browser to sign in again; the provider's
+	// session makes it silent, so the user lands on the page with a new
+	// code grant: once, not in a loop (the new session's ID token is as
+	// short-lived as the refused one).
+	run(t, b, "sign in", chromedp.Navigate(g.Base+"/"), signInForm("alice", "alice-pw"))
+	if got := readApp(t, b); got.sub != "user-alice" {
+		t.Fatalf("signed in: %+v", got)
+	}
+	control(t, issuer, url.Values{"fail_refresh": {"true"}})
+	before := stats(t, issuer)
+	run(t, b, "request whose refresh is refused", chromedp.Navigate(g.Base+"/r2"), waitURL(g.Base+"/r2"))
+	if got := readApp(t, b); got.sub != "user-alice" || got.path != "/r2" {
+		t.Errorf("after a refused refresh: %+v", got)
+	}
+	after := stats(t, issuer)
+	if after.CodeGrants != before.CodeGrants+1 || after.Logins != before.Logins {
+		t.Errorf("provider before %+v, after %+v: want one new code grant, no password", before, after)
+	}
+}
