@@ -25,6 +25,7 @@ const (
 	StatePendingDeletion   State = "pending_deletion"
 	StatePendingImport     State = "pending_import"
 	StateUnavailable       State = "unavailable"
+	StateExpired           State = "expired" // past its expiry time (Azure Key Vault exp)
 )
 
 // Published reports whether a version in this state belongs in the JWKS.

@@ -52,6 +52,11 @@ type Caller struct {
 	// OnFailure, when set, is told about every failed attempt, with whether
 	// its error is of a retryable kind (for a debug log).
 	OnFailure func(err error, retryable bool)
+	// After, when set, reads from a failed attempt's error (before
+	// Classify) how long the service asked to wait before the next one
+	// (Retry-After); the next attempt waits at least that long, and when
+	// that passes the call's deadline the call fails at once.
+	After func(error) time.Duration
 
 	attempts, retries, refused atomic.Uint64
 }
@@ -115,7 +120,7 @@ func (c *Caller) Do(ctx context.Context, op func(ctx context.Context) error) err
 			c.retries.Add(1)
 		}
 		c.attempts.Add(1)
-		err := c.attempt(ctx, op)
+		err, after := c.attempt(ctx, op)
 		if err == nil {
 			return nil
 		}
@@ -126,8 +131,11 @@ func (c *Caller) Do(ctx context.Context, op func(ctx context.Context) error) err
 		if !retry || i == attempts-1 {
 			return c.final(ctx, err)
 		}
-		wait := c.Retry.backoff(i)
+		wait := max(c.Retry.backoff(i), after)
 		if dl, _ := ctx.Deadline(); time.Until(dl) < wait {
+			if after > 0 {
+				err = fmt.Errorf("%w (the service asked to retry after %s, past the deadline)", err, after)
+			}
 			return c.final(ctx, err)
 		}
 		t := time.NewTimer(wait)
@@ -141,18 +149,26 @@ func (c *Caller) Do(ctx context.Context, op func(ctx context.Context) error) err
 	}
 }
 
-// attempt makes one call of op under the attempt deadline.
-func (c *Caller) attempt(ctx context.Context, op func(context.Context) error) error {
+// attempt makes one call of op under the attempt deadline; it returns the
+// classified error and the wait the service asked for (After).
+func (c *Caller) attempt(ctx context.Context, op func(context.Context) error) (error, time.Duration) {
 	if c.AttemptTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.AttemptTimeout)
 		defer cancel()
 	}
 	err := op(ctx)
-	if err != nil && c.Classify != nil {
+	if err == nil {
+		return nil, 0
+	}
+	var after time.Duration
+	if c.After != nil {
+		after = c.After(err)
+	}
+	if c.Classify != nil {
 		err = c.Classify(err)
 	}
-	return err
+	return err, after
 }
 
 func (c *Caller) retryable(err error) bool {

@@ -3,6 +3,7 @@ package backends
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -364,6 +365,45 @@ func TestCallerCancellation(t *testing.T) {
 		check("waiting for the limit", c.Do(ctx, func(context.Context) error { calls++; return nil }))
 		if st := c.Stats(); calls != 0 || st.Refused != 0 {
 			t.Fatalf("%d calls, stats %+v; want none and no refusal", calls, st)
+		}
+	})
+}
+
+// TestCallerRetryAfter: a wait the service asked for (After, read from the
+// error before Classify) delays the next attempt at least that long; when
+// it would pass the deadline, the call fails at once with the error.
+func TestCallerRetryAfter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		raw := errors.New("429 Retry-After: 2")
+		c := &Caller{Kind: "test", Retry: Retry{Attempts: 3, Base: time.Millisecond, Max: time.Millisecond},
+			Classify: func(err error) error {
+				if err == raw {
+					return fmt.Errorf("%w: %v", ErrThrottled, err)
+				}
+				return err
+			},
+			After: func(err error) time.Duration {
+				if err == raw {
+					return 2 * time.Second
+				}
+				return 0
+			}}
+		r := &recorder{errs: []error{raw, nil}}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := c.Do(ctx, r.op); err != nil {
+			t.Fatalf("after the asked wait: %v", err)
+		}
+		if gap := r.starts[1].Sub(r.starts[0]); gap < 2*time.Second {
+			t.Errorf("second attempt after %s, want at least the asked 2s", gap)
+		}
+		r = &recorder{errs: []error{raw, nil}}
+		ctx, cancel = context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		start := time.Now()
+		err := c.Do(ctx, r.op)
+		if !errors.Is(err, ErrThrottled) || !strings.Contains(err.Error(), "past the deadline") || len(r.starts) != 1 || time.Since(start) != 0 {
+			t.Errorf("asked wait past the deadline: %v after %s, %d attempts; want ErrThrottled at once", err, time.Since(start), len(r.starts))
 		}
 	})
 }

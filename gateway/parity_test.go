@@ -19,6 +19,8 @@ import (
 	"github.com/kmsgate/kmsgate/backends/backendtest"
 	"github.com/kmsgate/kmsgate/gateway"
 	"github.com/kmsgate/kmsgate/gateway/internal/wire"
+	"github.com/kmsgate/kmsgate/gateway/session"
+	"github.com/kmsgate/kmsgate/gateway/signin"
 	"github.com/kmsgate/kmsgate/jwks"
 )
 
@@ -113,6 +115,8 @@ func TestParity(t *testing.T) {
 	if err := kr.Refresh(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	op := newOIDCIssuer(t)
+	sealer, _ := session.NewSealer(sessionKey(9))
 	srv, err := gateway.New(context.Background(), gateway.Config{
 		Issuer: issuer, Prepublish: time.Hour, RequestTimeout: 2 * time.Second, MaxBody: 4096, Logger: log,
 		Clients: []gateway.Client{{Name: "app", TokenSHA256: tokenHash(clientToken), Audiences: []string{"billing"},
@@ -121,8 +125,10 @@ func TestParity(t *testing.T) {
 			Policy: anyone,
 			Routes: []gateway.Route{{Path: "/admin/", Upstream: admin}, {Host: "api.example", Upstream: admin, Audience: "api"},
 				{Path: "/staff/", Upstream: admin, Policy: gateway.MustParsePolicy("{allow: {groups: {has: staff}}, deny: {email: {is: mallory@example.com}}}"),
-					ClaimHeaders: map[string]string{"email": "X-Kmsgate-Claim-Email", "groups": "X-Kmsgate-Claim-Groups"}, GroupsFilter: gateway.GroupsFilter{Pattern: "staff"}}},
+					ClaimHeaders: map[string]string{"email": "X-Kmsgate-Claim-Email", "groups": "X-Kmsgate-Claim-Groups"}, GroupsFilter: gateway.GroupsFilter{Pattern: "staff"}},
+				{Path: "/app/", Upstream: web, Identity: gateway.SourceOIDCLogin}},
 			Upstream: web, Identity: gateway.SourceHeaders, TrustedProxies: prefixes("127.0.0.1/32"),
+			OIDCIssuer: op.URL, SignIn: signin.Config{ClientID: "kmsgate", Sealer: sealer, Cookie: session.Cookies{Name: "_kmsgate"}},
 		},
 	}, kr, nil)
 	if err != nil {
@@ -142,6 +148,21 @@ func TestParity(t *testing.T) {
 			return wire.HTTP2(wire.TLS(secure, clientTLS, "h2"), "https", r)
 		}},
 	}
+	// A browser session, made once over HTTP/1.1, for the session cases.
+	b := newBrowser(t)
+	b.signIn("http://"+clear, "/app/")
+	var sessionCookie string
+	for _, ck := range b.jar.Cookies(mustURL("http://" + clear)) {
+		if ck.Name == "_kmsgate" {
+			sessionCookie = ck.Value
+		}
+	}
+	if sessionCookie == "" {
+		t.Fatal("no session cookie")
+	}
+	tampered := []byte(sessionCookie)
+	tampered[10] ^= 1
+	rec.take()
 	user := [][2]string{{"X-Forwarded-User", "alice"}}
 	with := func(h ...[2]string) [][2]string { return append(slices.Clone(user), h...) }
 	bearer := [2]string{"Authorization", "Bearer " + clientToken}
@@ -218,6 +239,18 @@ func TestParity(t *testing.T) {
 		{name: "metrics are not public", req: wire.Request{Method: "GET", Path: "/metrics", Header: user}, app: "web", uri: "/metrics"},
 		{name: "health is not public", req: wire.Request{Method: "GET", Path: "/healthz", Header: user}, app: "web", uri: "/healthz"},
 		{name: "connect", req: wire.Request{Method: "CONNECT", Path: "/x", Header: user}, status: 400},
+		// Browser sign-in: the redirect, the session cookie (never forwarded;
+		// the app's own cookies are), and the sign-in endpoints.
+		{name: "sign-in redirect", req: wire.Request{Method: "GET", Path: "/app/page?x=1", Header: with([2]string{"Accept", "text/html"})}, status: 302},
+		{name: "sign-in not a browser", req: wire.Request{Method: "GET", Path: "/app/page", Header: with([2]string{"Accept", "application/json"})}, status: 401},
+		{name: "session cookie", req: wire.Request{Method: "GET", Path: "/app/page", Header: with([2]string{"Cookie", "app=1; _kmsgate=" + sessionCookie + "; theme=dark"})}, app: "web", uri: "/app/page"},
+		{name: "session cookie split", req: wire.Request{Method: "GET", Path: "/app/page", Header: with([2]string{"Cookie", "_kmsgate=" + sessionCookie}, [2]string{"Cookie", "app=1"})}, app: "web", uri: "/app/page"},
+		{name: "session cookie on another route", req: wire.Request{Method: "GET", Path: "/other", Header: with([2]string{"Cookie", "_kmsgate=" + sessionCookie + "; app=1"})}, app: "web", uri: "/other"},
+		{name: "sign-in tampered cookie", req: wire.Request{Method: "GET", Path: "/app/page", Header: with([2]string{"Accept", "text/html"}, [2]string{"Cookie", "_kmsgate=" + string(tampered)})}, status: 302},
+		{name: "sign-in callback without state", req: wire.Request{Method: "GET", Path: "/v1/oidc/callback?code=x&state=y"}, status: 400},
+		{name: "sign-in callback POST", req: wire.Request{Method: "POST", Path: "/v1/oidc/callback", Body: "x"}, status: 405},
+		{name: "sign-in logout", req: wire.Request{Method: "GET", Path: "/v1/oidc/logout"}, status: 302},
+		{name: "sign-in login open redirect", req: wire.Request{Method: "GET", Path: "/v1/oidc/login?rd=%2F%2Fevil.example"}, status: 302},
 		// Route policies: judged once, the same on every protocol, for the
 		// proxy and forward-auth; claim headers set by the gateway only.
 		{name: "policy allows", req: wire.Request{Method: "GET", Path: "/staff/x", Header: with(staff, aliceMail,
@@ -294,6 +327,25 @@ func outcomeOf(resp *wire.Response, up []seen, name string) outcome {
 			o.Answer[k] = v
 		}
 	}
+	// A sign-in redirect differs by design in its state, nonce and PKCE
+	// challenge (random) and its redirect_uri (the scheme): the provider's
+	// endpoint must agree. Cookies: their names and attributes.
+	if loc := resp.Header.Get("Location"); loc != "" {
+		o.Answer["Location"], _, _ = strings.Cut(loc, "?")
+	}
+	var cookies []string
+	for _, c := range resp.Header.Values("Set-Cookie") {
+		name, _, _ := strings.Cut(c, "=")
+		_, attrs, _ := strings.Cut(c, ";")
+		if i := strings.Index(attrs, "Expires="); i >= 0 {
+			attrs = attrs[:i] // a time
+		}
+		cookies = append(cookies, name+";"+attrs)
+	}
+	slices.Sort(cookies)
+	if len(cookies) > 0 {
+		o.Answer["Set-Cookie"] = strings.Join(cookies, " | ")
+	}
 	if a := resp.Header.Get(gateway.DefaultAssertionHeader); a != "" {
 		o.Answer["assertion"] = "set"
 	}
@@ -344,6 +396,9 @@ func checkExpected(t *testing.T, name string, o outcome, app, uri string, status
 		if slices.Contains(v, "forged") {
 			t.Errorf("%s: a client's %s reached the upstream", name, k)
 		}
+	}
+	if got := strings.Join(h.Values("Cookie"), "; "); strings.Contains(got, "_kmsgate") || (strings.HasPrefix(name, "session cookie") && !strings.Contains(got, "app=1")) {
+		t.Errorf("%s: the upstream got cookies %q", name, got)
 	}
 	if got := h.Get("X-Kmsgate-Claim-Groups"); got != "" && got != "staff" {
 		t.Errorf("%s: groups claim header %q, want the filtered staff", name, got)

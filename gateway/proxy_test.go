@@ -455,6 +455,7 @@ type oidcIssuer struct {
 	key  *rsa.PrivateKey
 	hang atomic.Bool   // the JWKS endpoint stops answering …
 	free chan struct{} // … until this is closed
+	op   *loginOP      // the sign-in endpoints (signin_test.go)
 }
 
 func newOIDCIssuer(t *testing.T) *oidcIssuer { return newOIDCIssuerOn(t, nil) }
@@ -467,8 +468,10 @@ func newOIDCIssuerOn(t *testing.T, ln net.Listener) *oidcIssuer {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(map[string]any{"issuer": o.URL, "jwks_uri": o.URL + "/jwks", "authorization_endpoint": o.URL + "/auth",
+			"token_endpoint": o.URL + "/token", "end_session_endpoint": o.URL + "/logout",
 			"id_token_signing_alg_values_supported": []string{"RS256"}})
 	})
+	o.op = newLoginOP(t, o, mux)
 	mux.HandleFunc("/jwks", func(w http.ResponseWriter, r *http.Request) {
 		if o.hang.Load() {
 			select {

@@ -71,6 +71,7 @@ const (
 	SourceHeaders          = identity.SourceHeaders
 	SourceOIDC             = identity.SourceOIDC
 	SourceClientCert       = identity.SourceClientCert
+	SourceOIDCLogin        = identity.SourceOIDCLogin
 )
 
 // IdentityProblems lists what keeps a proxy configuration's identity

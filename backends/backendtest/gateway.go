@@ -30,12 +30,14 @@ var (
 func Binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		out, err := exec.Command("go", "env", "GOMOD").Output()
+		// The main module's directory, also from a nested test module that
+		// replaces it with this repository.
+		out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/kmsgate/kmsgate").Output()
 		if err != nil {
-			buildErr = err
+			buildErr = fmt.Errorf("go list -m github.com/kmsgate/kmsgate: %w", err)
 			return
 		}
-		root := filepath.Dir(strings.TrimSpace(string(out)))
+		root := strings.TrimSpace(string(out))
 		// Under scripts/test.sh the binary goes into its work directory,
 		// which is removed at the end of the run.
 		dir, err := os.MkdirTemp(os.Getenv("KMSGATE_TEST_WORK"), "kmsgate-bin")

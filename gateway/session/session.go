@@ -105,7 +105,7 @@ func (s *Sealer) Seal(name string, value []byte, expires time.Time) string {
 // Open decrypts a value sealed for the cookie name; ErrInvalid when it
 // cannot (or it has expired).
 func (s *Sealer) Open(name, sealed string) ([]byte, error) {
-	b, err := base64.RawURLEncoding.DecodeString(sealed)
+	b, err := base64.RawURLEncoding.Strict().DecodeString(sealed)
 	if err != nil {
 		return nil, ErrInvalid
 	}
@@ -183,24 +183,29 @@ func (c Cookies) Clear() []string {
 }
 
 // Read joins the chunks of the value from a request's Cookie headers; ""
-// when the first is missing. A malformed Cookie header counts as none.
+// when the first is missing.
 func (c Cookies) Read(cookieHeaders []string) string {
 	var parts [MaxChunks]string
 	for _, line := range cookieHeaders {
-		cs, err := http.ParseCookie(line)
-		if err != nil {
-			continue
-		}
-		for _, ck := range cs {
+		for line != "" {
+			var pair string
+			pair, line, _ = strings.Cut(line, ";")
+			name, value, ok := strings.Cut(strings.TrimSpace(pair), "=")
+			if !ok || !strings.HasPrefix(name, c.Name) {
+				continue
+			}
 			for i := range MaxChunks {
-				if ck.Name == c.chunk(i) && parts[i] == "" {
-					parts[i] = ck.Value
+				if name == c.chunk(i) && parts[i] == "" {
+					parts[i] = strings.Trim(value, `"`)
 				}
 			}
 		}
 	}
 	if parts[0] == "" {
 		return ""
+	}
+	if parts[1] == "" {
+		return parts[0]
 	}
 	return parts[0] + parts[1] + parts[2]
 }

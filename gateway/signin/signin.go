@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/oauth2"
 
 	"github.com/kmsgate/kmsgate/gateway/identity"
@@ -62,6 +63,9 @@ const (
 // redirect is refused.
 const stateLifetime = 10 * time.Minute
 
+// openedCacheSize bounds the cache of opened session cookies.
+const openedCacheSize = 10000
+
 // refreshEarly refreshes a session this long before its ID token expires.
 const refreshEarly = 30 * time.Second
 
@@ -72,6 +76,10 @@ type Source struct {
 	prefix string // --gateway-prefix
 	auth   session.Cookies
 	now    func() time.Time
+	// opened caches the records of sealed cookies already opened, by the
+	// sealed value, so a session costs one decryption per cookie, not per
+	// request; the times in a record are checked on every use.
+	opened *lru.Cache[string, record]
 }
 
 // New returns the oidc-login source over an issuer's discovery; prefix is
@@ -112,7 +120,11 @@ func New(d *identity.Discovery, cfg Config, prefix string) (*Source, error) {
 	}
 	auth := cfg.Cookie
 	auth.Name += "_auth"
-	return &Source{cfg: cfg, disc: d, prefix: prefix, auth: auth, now: time.Now}, nil
+	opened, err := lru.New[string, record](openedCacheSize)
+	if err != nil {
+		return nil, err
+	}
+	return &Source{cfg: cfg, disc: d, prefix: prefix, auth: auth, now: time.Now, opened: opened}, nil
 }
 
 // SetClock replaces the source's clock (tests).
@@ -157,13 +169,16 @@ func (s *Source) Identify(r identity.Request) (identity.Identity, error) {
 	if sealed == "" {
 		return identity.Identity{}, identity.ErrSignIn
 	}
-	b, err := s.cfg.Sealer.Open(s.cfg.Cookie.Name, sealed)
-	if err != nil {
-		return identity.Identity{}, fmt.Errorf("%w: %v", identity.ErrSignIn, err)
-	}
-	var rec record
-	if err := json.Unmarshal(b, &rec); err != nil || rec.Sub == "" {
-		return identity.Identity{}, fmt.Errorf("%w: session: malformed", identity.ErrSignIn)
+	rec, ok := s.opened.Get(sealed)
+	if !ok {
+		b, err := s.cfg.Sealer.Open(s.cfg.Cookie.Name, sealed)
+		if err != nil {
+			return identity.Identity{}, fmt.Errorf("%w: %v", identity.ErrSignIn, err)
+		}
+		if err := json.Unmarshal(b, &rec); err != nil || rec.Sub == "" {
+			return identity.Identity{}, fmt.Errorf("%w: session: malformed", identity.ErrSignIn)
+		}
+		s.opened.Add(sealed, rec)
 	}
 	now := s.now()
 	switch {

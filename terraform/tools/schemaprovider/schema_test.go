@@ -17,7 +17,7 @@ func TestCommittedSchemasLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]bool{"google": true, "aws": true, "vault": true}
+	want := map[string]bool{"google": true, "aws": true, "vault": true, "azurerm": true}
 	for _, nv := range all {
 		name, version := nv[0], nv[1]
 		delete(want, name)
@@ -84,6 +84,14 @@ func TestKeysCannotBeDestroyedByAccident(t *testing.T) {
 		if !regexp.MustCompile(`(?m)^\s*lifecycle\s*\{\s*prevent_destroy\s*=\s*true\s*\}`).MatchString(block) {
 			t.Errorf("%s has no lifecycle { prevent_destroy = true }", res)
 		}
+	}
+	azure, err := os.ReadFile("../../modules/azure-keyvault/main.tf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := resourceBlock(t, string(azure), `resource "azurerm_key_vault_key" "signing"`)
+	if !regexp.MustCompile(`(?m)^\s*lifecycle\s*\{\s*prevent_destroy\s*=\s*true\s*\}`).MatchString(block) {
+		t.Errorf("azurerm_key_vault_key.signing has no lifecycle { prevent_destroy = true }")
 	}
 }
 
