@@ -60,14 +60,46 @@ func workDir(t *testing.T) string {
 	return d
 }
 
-// goBuild builds package pkg of the module in dir into out.
-func goBuild(t *testing.T, dir, pkg, out string) {
+// builds holds the binaries built by this test process, by module
+// directory: each is built once, into a directory removed by TestMain.
+var builds struct {
+	mu   sync.Mutex
+	dir  string
+	bins map[string]string
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builds.dir != "" {
+		os.RemoveAll(builds.dir)
+	}
+	os.Exit(code)
+}
+
+// goBuild builds package pkg of the module in dir (once per test process)
+// and returns the binary's path.
+func goBuild(t *testing.T, dir, pkg, name string) string {
 	t.Helper()
-	cmd := exec.Command("go", "build", "-o", out, pkg)
+	builds.mu.Lock()
+	defer builds.mu.Unlock()
+	if bin, ok := builds.bins[dir]; ok {
+		return bin
+	}
+	if builds.dir == "" {
+		d, err := os.MkdirTemp(os.Getenv("KMSGATE_TEST_WORK"), "browsertest-bin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		builds.dir, builds.bins = d, map[string]string{}
+	}
+	bin := filepath.Join(builds.dir, name)
+	cmd := exec.Command("go", "build", "-o", bin, pkg)
 	cmd.Dir = dir
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s in %s: %v\n%s", pkg, dir, err, b)
 	}
+	builds.bins[dir] = bin
+	return bin
 }
 
 // freePort returns a free TCP port on 127.0.0.1.
@@ -172,8 +204,7 @@ func startProvider(t *testing.T, dir string, args ...string) string {
 	t.Helper()
 	bin := os.Getenv("KMSGATE_TEST_OP_BIN")
 	if bin == "" {
-		bin = filepath.Join(dir, "testop")
-		goBuild(t, filepath.Join(repoRoot(t), "gateway/signin/testop"), ".", bin)
+		bin = goBuild(t, filepath.Join(repoRoot(t), "gateway/signin/testop"), ".", "testop")
 	}
 	addr := filepath.Join(dir, "testop.addr")
 	p := start(t, "testop", cleanEnv(), bin, append([]string{"-listen", "127.0.0.1:0", "-addr-file", addr}, args...)...)
@@ -209,8 +240,7 @@ type gateway struct {
 // config file text config and the extra args.
 func startGateway(t *testing.T, dir, issuer, upstream, config string, extra ...string) *gateway {
 	t.Helper()
-	bin := filepath.Join(dir, "kmsgate")
-	goBuild(t, repoRoot(t), "./cmd/kmsgate", bin)
+	bin := goBuild(t, repoRoot(t), "./cmd/kmsgate", "kmsgate")
 	key := filepath.Join(dir, "signing.pem")
 	if out, err := exec.Command(bin, "genkey", "--out", key).CombinedOutput(); err != nil {
 		t.Fatalf("kmsgate genkey: %v\n%s", err, out)
