@@ -1,9 +1,14 @@
 # The README's commands: `make run` starts a development gateway, `make test`
 # runs every test.
-.PHONY: run test bench build
+.PHONY: run test bench build build-pkcs11
 
 build:
 	CGO_ENABLED=0 go build -trimpath -buildvcs=auto -o bin/kmsgate ./cmd/kmsgate
+
+# The same binary with the PKCS#11 backend, which needs cgo (and gcc) to
+# load an HSM vendor's library: dynamically linked against glibc.
+build-pkcs11:
+	CGO_ENABLED=1 go build -tags pkcs11 -trimpath -buildvcs=auto -o bin/kmsgate-pkcs11 ./cmd/kmsgate
 
 run:
 	go run ./cmd/kmsgate serve --dev

@@ -67,7 +67,7 @@ const (
 // use.
 type Backend interface {
 	// Kind names the backend for logs and metrics: "pem", "gcpkms",
-	// "awskms" or "vault".
+	// "awskms", "vault" or "pkcs11".
 	Kind() string
 	// Ordering says which rotation rule applies to the versions.
 	Ordering() Ordering
@@ -101,4 +101,8 @@ type Options struct {
 	// QPS limits the calls per second this backend makes to its service
 	// (--backend-qps); 0 means no limit.
 	QPS float64
+	// Dev is true in development mode (serve --dev) and in tests: settings
+	// meant only for those, such as a PKCS#11 PIN written in the key URI,
+	// are accepted.
+	Dev bool
 }

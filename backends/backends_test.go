@@ -48,6 +48,10 @@ func TestRedact(t *testing.T) {
 	if strings.Contains(got, "s3cret") || strings.Contains(got, "u:p") || !strings.Contains(got, "mount=transit") {
 		t.Fatalf("Redact = %s", got)
 	}
+	got = Redact("pkcs11:token=T;object=k?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=1234&pin-source=file:/run/pin")
+	if want := "pkcs11:token=T;object=k?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=REDACTED&pin-source=file:/run/pin"; got != want {
+		t.Fatalf("Redact = %s, want %s", got, want)
+	}
 }
 
 func TestKind(t *testing.T) {

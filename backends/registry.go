@@ -76,15 +76,22 @@ func Redact(uri string) string {
 	}
 	u.User = nil
 	if u.RawQuery != "" {
-		q := u.Query()
-		for k := range q {
-			switch strings.ToLower(k) {
-			case "mount", "endpoint", "region":
+		// Part by part, in order and as written: values that name where a
+		// key is are kept, every other value is replaced.
+		parts := strings.Split(u.RawQuery, "&")
+		for i, part := range parts {
+			name, _, _ := strings.Cut(part, "=")
+			n, err := url.QueryUnescape(name)
+			if err != nil {
+				n = name
+			}
+			switch strings.ToLower(n) {
+			case "mount", "endpoint", "region", "module-path", "pin-source", "x-max-sessions":
 			default:
-				q.Set(k, "REDACTED")
+				parts[i] = name + "=REDACTED"
 			}
 		}
-		u.RawQuery = q.Encode()
+		u.RawQuery = strings.Join(parts, "&")
 	}
 	return u.String()
 }

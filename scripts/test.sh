@@ -19,6 +19,10 @@ trap cleanup EXIT
 # Nested modules (test servers, deployment checks) whose own tests run too.
 NESTED_MODULES=()
 add_module() { NESTED_MODULES+=("$1"); }
+# Extra test commands (packages behind a build tag), run after the main
+# module's tests.
+EXTRA_TESTS=()
+add_test() { EXTRA_TESTS+=("$1"); }
 
 for f in scripts/test.d/*.sh; do
   [ -e "$f" ] || continue
@@ -34,6 +38,11 @@ go vet ./...
 
 echo "== go test -race ./..." >&2
 go test -race -count=1 -timeout 20m ./...
+
+for c in "${EXTRA_TESTS[@]}"; do
+  echo "== $c" >&2
+  eval "$c"
+done
 
 for m in "${NESTED_MODULES[@]}"; do
   echo "== go test -race in $m" >&2

@@ -20,13 +20,19 @@ import (
 	"time"
 )
 
+// BuildTags are the build tags Binary builds ./cmd/kmsgate with. A test
+// package whose backend is compiled only with a tag (pkcs11) sets them in
+// its TestMain, before the first Binary call.
+var BuildTags []string
+
 var (
 	buildOnce sync.Once
 	binPath   string
 	buildErr  error
 )
 
-// Binary builds ./cmd/kmsgate once per test process and returns its path.
+// Binary builds ./cmd/kmsgate (with BuildTags) once per test process and
+// returns its path.
 func Binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -46,7 +52,11 @@ func Binary(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "kmsgate")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/kmsgate")
+		args := []string{"build", "-o", binPath}
+		if len(BuildTags) > 0 {
+			args = append(args, "-tags", strings.Join(BuildTags, ","))
+		}
+		cmd := exec.Command("go", append(args, "./cmd/kmsgate")...)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build ./cmd/kmsgate: %v\n%s", err, out)

@@ -99,11 +99,14 @@ type keyFlags struct {
 	kidFormat      string
 	backendQPS     float64
 	requestTimeout time.Duration
+	// devMode is set by serve --dev: backends accept settings meant for
+	// development only (a PKCS#11 pin-value).
+	devMode bool
 }
 
 func (k *keyFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.StringSliceVar(&k.keys, "key", nil, "key URI, repeatable; the first URI signs (gcpkms://, awskms://, hashivault://, file://, env://)")
+	f.StringSliceVar(&k.keys, "key", nil, "key URI, repeatable; the first URI signs (gcpkms://, awskms://, hashivault://, file://, env://, pkcs11:)")
 	f.DurationVar(&k.prepublish, "prepublish", 2*time.Hour, "how long a new key version is published before it signs")
 	f.StringVar(&k.kidFormat, "kid-format", "thumbprint", "kid form: thumbprint (RFC 7638, base64url) or hex (Pomerium)")
 	f.Float64Var(&k.backendQPS, "backend-qps", 0, "client-side limit of calls per second to each backend (0: none)")
@@ -134,7 +137,7 @@ func (k *keyFlags) open(ctx context.Context, cfg jwks.Config, pre *jwks.Source) 
 		}
 	}
 	for _, uri := range k.keys {
-		b, err := backends.Open(ctx, uri, backends.Options{Logger: slog.Default(), QPS: k.backendQPS})
+		b, err := backends.Open(ctx, uri, backends.Options{Logger: slog.Default(), QPS: k.backendQPS, Dev: k.devMode})
 		if err != nil {
 			closeAll()
 			if errors.Is(err, backends.ErrInvalidURI) {

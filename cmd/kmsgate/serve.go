@@ -184,6 +184,7 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 	metrics := gateway.NewMetrics()
 	bi := buildInfo()
 	metrics.SetBuildInfo(bi.Version, bi.Commit, bi.Date)
+	sf.devMode = sf.dev
 	kr, closeAll, err := sf.open(ctx, jwks.Config{Logger: log, OnSign: metrics.OnSign, OnRefresh: metrics.OnRefresh}, sf.devSource)
 	if err != nil {
 		return err

@@ -67,16 +67,25 @@ func runCommand(args string) string {
 	return strings.Join(f, " ")
 }
 
-// dockerfileBuildCommand returns the command of the Dockerfile's RUN that
-// builds ./cmd/kmsgate.
-func dockerfileBuildCommand(path string) (string, error) {
+// dockerfileBuildCommand returns the command of the RUN in the Dockerfile's
+// stage that builds ./cmd/kmsgate: "build" for the release binary,
+// "build-pkcs11" for the PKCS#11 one.
+func dockerfileBuildCommand(path, stage string) (string, error) {
 	ins, err := parseDockerfile(path)
 	if err != nil {
 		return "", err
 	}
 	var found []string
+	cur := ""
 	for _, in := range ins {
-		if in.op != "RUN" {
+		if in.op == "FROM" {
+			f := strings.Fields(in.args)
+			cur = ""
+			if len(f) == 3 && strings.EqualFold(f[1], "AS") {
+				cur = f[2]
+			}
+		}
+		if in.op != "RUN" || cur != stage {
 			continue
 		}
 		if c := runCommand(in.args); strings.Contains(c, "go build") && strings.Contains(c, "./cmd/kmsgate") {
@@ -84,21 +93,21 @@ func dockerfileBuildCommand(path string) (string, error) {
 		}
 	}
 	if len(found) != 1 {
-		return "", fmt.Errorf("%s: want exactly one RUN that builds ./cmd/kmsgate, found %d: %q", path, len(found), found)
+		return "", fmt.Errorf("%s: want exactly one RUN that builds ./cmd/kmsgate in stage %s, found %d: %q", path, stage, len(found), found)
 	}
 	return found[0], nil
 }
 
-// makeBuildCommand returns the recipe of the Makefile's build target, which
-// is the release build CI runs.
-func makeBuildCommand(path string) (string, error) {
+// makeBuildCommand returns the recipe of the Makefile's target: build is
+// the release build CI runs, build-pkcs11 the PKCS#11 variant.
+func makeBuildCommand(path, target string) (string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return "", err
 	}
 	lines := strings.Split(string(data), "\n")
 	for i, l := range lines {
-		if !regexp.MustCompile(`^build\s*:`).MatchString(l) {
+		if !regexp.MustCompile(`^` + regexp.QuoteMeta(target) + `\s*:`).MatchString(l) {
 			continue
 		}
 		var recipe []string
@@ -113,7 +122,7 @@ func makeBuildCommand(path string) (string, error) {
 		}
 		return recipe[0], nil
 	}
-	return "", errors.New(path + ": no build target")
+	return "", errors.New(path + ": no " + target + " target")
 }
 
 // runBuild runs a build command of the form `[NAME=VALUE...] go build ...
@@ -154,11 +163,11 @@ func runBuild(command, out string) error {
 // (The image itself needs a Docker engine, which CI does not have.)
 func TestDockerfileBuildsTheReleaseBinary(t *testing.T) {
 	dockerfile := filepath.Join(root, "deploy", "Dockerfile")
-	inDocker, err := dockerfileBuildCommand(dockerfile)
+	inDocker, err := dockerfileBuildCommand(dockerfile, "build")
 	if err != nil {
 		t.Fatal(err)
 	}
-	inMake, err := makeBuildCommand(filepath.Join(root, "Makefile"))
+	inMake, err := makeBuildCommand(filepath.Join(root, "Makefile"), "build")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,6 +209,72 @@ func TestDockerfileBuildsTheReleaseBinary(t *testing.T) {
 	}
 }
 
+// TestDockerfileBuildsThePKCS11Variant checks the release-pkcs11 target:
+// its binary is built with `make build-pkcs11`'s command (cgo and the
+// pkcs11 tag) and runs on a distroless base with glibc, as the same
+// non-root user as the release image.
+func TestDockerfileBuildsThePKCS11Variant(t *testing.T) {
+	dockerfile := filepath.Join(root, "deploy", "Dockerfile")
+	inDocker, err := dockerfileBuildCommand(dockerfile, "build-pkcs11")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inMake, err := makeBuildCommand(filepath.Join(root, "Makefile"), "build-pkcs11")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inDocker != inMake {
+		t.Fatalf("the Dockerfile builds the PKCS#11 variant with\n  %s\nbut `make build-pkcs11` with\n  %s", inDocker, inMake)
+	}
+	for _, want := range []string{"CGO_ENABLED=1", "-tags pkcs11", "-trimpath"} {
+		if !strings.Contains(" "+inDocker+" ", " "+want+" ") {
+			t.Errorf("the PKCS#11 build %q lacks %s", inDocker, want)
+		}
+	}
+	ins, err := parseDockerfile(dockerfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stage, from, user, entrypoint, copied string
+	for _, in := range ins {
+		if in.op == "FROM" {
+			f := strings.Fields(in.args)
+			stage = ""
+			if len(f) == 3 && strings.EqualFold(f[1], "AS") {
+				stage = f[2]
+			}
+			if stage == "release-pkcs11" {
+				from = f[0]
+			}
+			continue
+		}
+		if stage != "release-pkcs11" {
+			continue
+		}
+		switch in.op {
+		case "USER":
+			user = in.args
+		case "ENTRYPOINT":
+			entrypoint = in.args
+		case "COPY":
+			if f := strings.Fields(in.args); f[0] == "--from=build-pkcs11" {
+				copied = f[1]
+			}
+		}
+	}
+	outPath := regexp.MustCompile(`-o (\S+)`).FindStringSubmatch(inDocker)
+	switch {
+	case !strings.HasPrefix(from, "gcr.io/distroless/base"):
+		t.Errorf("release-pkcs11 is FROM %q, want a distroless base with glibc (the HSM library is loaded with dlopen)", from)
+	case !regexp.MustCompile(`^[1-9][0-9]*:[1-9][0-9]*$`).MatchString(user):
+		t.Errorf("release-pkcs11 runs as USER %q, want a numeric non-root uid:gid", user)
+	case entrypoint != `["/kmsgate"]`:
+		t.Errorf("release-pkcs11 ENTRYPOINT %s", entrypoint)
+	case outPath == nil || copied != "/src/"+outPath[1]:
+		t.Errorf("release-pkcs11 copies %q, but the build writes %v", copied, outPath)
+	}
+}
+
 // TestDockerfileRunsAsNonRootOnMinimalBase checks the release stage.
 func TestDockerfileRunsAsNonRootOnMinimalBase(t *testing.T) {
 	ins, err := parseDockerfile(filepath.Join(root, "deploy", "Dockerfile"))
@@ -210,19 +285,20 @@ func TestDockerfileRunsAsNonRootOnMinimalBase(t *testing.T) {
 	// target, which is the release image).
 	stages := map[string]string{}
 	var last []instruction
-	var lastFrom, workdir, buildWorkdir string
+	var lastFrom, stage, workdir, buildWorkdir string
 	for _, in := range ins {
 		switch in.op {
 		case "FROM":
 			f := strings.Fields(in.args)
-			lastFrom, last, workdir = f[0], nil, ""
+			lastFrom, last, workdir, stage = f[0], nil, "", ""
 			if len(f) == 3 && strings.EqualFold(f[1], "AS") {
 				stages[f[2]] = f[0]
+				stage = f[2]
 			}
 		case "WORKDIR":
 			workdir = in.args
 		case "RUN":
-			if c := runCommand(in.args); strings.Contains(c, "./cmd/kmsgate") {
+			if c := runCommand(in.args); stage == "build" && strings.Contains(c, "./cmd/kmsgate") {
 				buildWorkdir = workdir
 			}
 		}
@@ -274,7 +350,7 @@ func TestDockerfileRunsAsNonRootOnMinimalBase(t *testing.T) {
 	if !slices.Equal(exposed, want) {
 		t.Errorf("the release stage EXPOSEs %v, the Kubernetes container has ports %v", exposed, want)
 	}
-	build, _ := dockerfileBuildCommand(filepath.Join(root, "deploy", "Dockerfile"))
+	build, _ := dockerfileBuildCommand(filepath.Join(root, "deploy", "Dockerfile"), "build")
 	outPath := regexp.MustCompile(`-o (\S+)`).FindStringSubmatch(build)
 	if outPath == nil || copySrc != filepath.Join(buildWorkdir, outPath[1]) {
 		t.Errorf("the release stage copies %q, but the build writes %v in %s", copySrc, outPath, buildWorkdir)

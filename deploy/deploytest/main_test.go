@@ -82,7 +82,7 @@ var (
 func binaries(t *testing.T) (string, string) {
 	t.Helper()
 	buildOnce.Do(func() {
-		cmd, err := dockerfileBuildCommand(filepath.Join(root, "deploy", "Dockerfile"))
+		cmd, err := dockerfileBuildCommand(filepath.Join(root, "deploy", "Dockerfile"), "build")
 		if err != nil {
 			buildErr = err
 			return
