@@ -150,6 +150,11 @@ func (c *Core) pass(r *Request, a *Answer, g *guard, aud, origin, returnTo strin
 			c.signIn(r, a, returnTo)
 			return nil, false
 		}
+		if errors.Is(err, identity.ErrUnavailable) && browser(r) {
+			a.page(http.StatusServiceUnavailable, "The identity provider cannot be reached now. Try again in a minute.")
+			a.Set("Retry-After", "5")
+			return nil, false
+		}
 		a.identityFailure(err, g.source)
 		return nil, false
 	}

@@ -4,6 +4,7 @@ import (
 	"html"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/kmsgate/kmsgate/gateway/header"
@@ -84,12 +85,15 @@ func (a *Answer) signinResponse(resp signin.Response) {
 		a.Set("Location", resp.Location)
 		return
 	}
+	if resp.Status == http.StatusServiceUnavailable {
+		a.Set("Retry-After", "5")
+	}
 	a.page(resp.Status, resp.Page)
 }
 
 // page makes a a small HTML page with a message.
 func (a *Answer) page(status int, msg string) {
-	title := http.StatusText(status)
+	title := strconv.Itoa(status) + " " + http.StatusText(status)
 	a.Status, a.ContentType = status, "text/html; charset=utf-8"
 	a.Body = []byte(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>` + html.EscapeString(title) + `</title>

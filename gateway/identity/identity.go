@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -161,9 +162,10 @@ type Readier interface {
 // unready instead of failing. It is shared by the sources that use the
 // issuer.
 type Discovery struct {
-	issuer string
-	client *http.Client
-	p      atomic.Pointer[oidc.Provider]
+	issuer    string
+	client    *http.Client
+	p         atomic.Pointer[oidc.Provider]
+	verifiers sync.Map // client id -> *oidc.IDTokenVerifier, one key set each
 }
 
 // Discover fetches the discovery document of issuer within ctx's first
@@ -241,19 +243,24 @@ func (d *Discovery) Ready() (bool, string) {
 	return true, ""
 }
 
-// Verifier returns an ID token verifier of the issuer for clientID (the
+// Verifier returns the ID token verifier of the issuer for clientID (the
 // audience), accepting only asymmetric algorithms; nil until the issuer
-// has been reached.
+// has been reached. It is made once per client id, so the issuer's key set
+// is fetched when a token names a new kid, not on every verification.
 func (d *Discovery) Verifier(clientID string) *oidc.IDTokenVerifier {
+	if v, ok := d.verifiers.Load(clientID); ok {
+		return v.(*oidc.IDTokenVerifier)
+	}
 	p := d.p.Load()
 	if p == nil {
 		return nil
 	}
-	return p.VerifierContext(oidc.ClientContext(context.Background(), d.client), &oidc.Config{
+	v, _ := d.verifiers.LoadOrStore(clientID, p.VerifierContext(oidc.ClientContext(context.Background(), d.client), &oidc.Config{
 		ClientID: clientID,
 		SupportedSigningAlgs: []string{oidc.RS256, oidc.RS384, oidc.RS512, oidc.ES256, oidc.ES384, oidc.ES512,
 			oidc.PS256, oidc.PS384, oidc.PS512, oidc.EdDSA},
-	})
+	}))
+	return v.(*oidc.IDTokenVerifier)
 }
 
 // FromIDToken is the identity a verified ID token names: sub, user (its
@@ -290,7 +297,6 @@ type oidcSource struct {
 	*Discovery
 	audience, groupsClaim string
 	timeout               time.Duration // bounds a verification, which may fetch the issuer's JWKS
-	verifier              atomic.Pointer[oidc.IDTokenVerifier]
 }
 
 // NewOIDCSource returns the oidc source of an issuer (see Discover) and
@@ -308,12 +314,9 @@ func (s *oidcSource) Identify(r Request) (Identity, error) {
 	if !ok || !strings.EqualFold(scheme, "Bearer") || raw == "" {
 		return Identity{}, ErrNoIdentity
 	}
-	v := s.verifier.Load()
+	v := s.Verifier(s.audience)
 	if v == nil {
-		if v = s.Verifier(s.audience); v == nil {
-			return Identity{}, ErrUnavailable
-		}
-		s.verifier.Store(v)
+		return Identity{}, ErrUnavailable
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
 	defer cancel()

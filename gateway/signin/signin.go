@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -66,7 +67,11 @@ const stateLifetime = 10 * time.Minute
 // openedCacheSize bounds the cache of opened session cookies.
 const openedCacheSize = 10000
 
-// refreshEarly refreshes a session this long before its ID token expires.
+// refreshEarly refreshes a session this long before its ID token expires,
+// or half the token's lifetime when that is shorter, so a new session is
+// never renewed at once (a provider with short-lived tokens would
+// otherwise be asked on every request, and a refused refresh right after
+// sign-in would loop through the provider).
 const refreshEarly = 30 * time.Second
 
 // Source is the oidc-login identity source and its endpoints.
@@ -146,6 +151,7 @@ type record struct {
 	Created int64    `json:"created"` // sign-in time, Unix seconds
 	Seen    int64    `json:"seen"`    // last use, to a tenth of the idle timeout
 	Expiry  int64    `json:"expiry"`  // the ID token's exp
+	Issued  int64    `json:"issued"`  // that ID token's iat
 	Refresh string   `json:"refresh,omitempty"`
 }
 
@@ -188,7 +194,8 @@ func (s *Source) Identify(r identity.Request) (identity.Identity, error) {
 		return identity.Identity{}, fmt.Errorf("%w: session idle too long", identity.ErrSignIn)
 	}
 	changed := false
-	if now.Add(refreshEarly).After(time.Unix(rec.Expiry, 0)) {
+	margin := min(refreshEarly, time.Duration(rec.Expiry-rec.Issued)*time.Second/2)
+	if now.Add(margin).After(time.Unix(rec.Expiry, 0)) {
 		if err := s.refresh(r.Context(), &rec); err != nil {
 			return identity.Identity{}, err
 		}
@@ -222,8 +229,18 @@ func (s *Source) refresh(ctx context.Context, rec *record) error {
 	ctx = oidc.ClientContext(ctx, s.disc.Client())
 	tok, err := s.oauth(p, "").TokenSource(ctx, &oauth2.Token{RefreshToken: rec.Refresh, Expiry: time.Unix(1, 0)}).Token()
 	if err != nil {
-		s.cfg.Logger.Info("session refresh failed; the user signs in again", "sub", rec.Sub, "err", redact(err))
-		return fmt.Errorf("%w: refresh failed", identity.ErrSignIn)
+		if providerDown(err) {
+			s.cfg.Logger.Warn("session refresh failed: the provider is down", "sub", rec.Sub, "err", redact(err))
+			return identity.ErrUnavailable
+		}
+		if s.now().Sub(time.Unix(rec.Created, 0)) < refreshEarly {
+			// A session made moments ago that the provider will not renew:
+			// a new sign-in would make another like it, and loop.
+			s.cfg.Logger.Warn("session refresh refused right after sign-in; answering 503 instead of signing in again", "sub", rec.Sub, "err", redact(err))
+			return identity.ErrUnavailable
+		}
+		s.cfg.Logger.Info("session refresh refused; the user signs in again", "sub", rec.Sub, "err", redact(err))
+		return fmt.Errorf("%w: refresh refused", identity.ErrSignIn)
 	}
 	if raw, _ := tok.Extra("id_token").(string); raw != "" {
 		idt, err := s.disc.Verifier(s.cfg.ClientID).Verify(ctx, raw)
@@ -234,10 +251,12 @@ func (s *Source) refresh(ctx context.Context, rec *record) error {
 		if err != nil {
 			return fmt.Errorf("%w: %v", identity.ErrSignIn, err)
 		}
-		rec.User, rec.Email, rec.Name, rec.Groups, rec.Expiry = id.User, id.Email, id.Name, id.Groups, idt.Expiry.Unix()
+		rec.User, rec.Email, rec.Name, rec.Groups = id.User, id.Email, id.Name, id.Groups
+		rec.Expiry, rec.Issued = idt.Expiry.Unix(), issued(idt, s.now())
 	} else {
-		rec.Expiry = tok.Expiry.Unix()
+		rec.Expiry, rec.Issued = tok.Expiry.Unix(), s.now().Unix()
 	}
+
 	if tok.RefreshToken != "" {
 		rec.Refresh = tok.RefreshToken
 	}
@@ -257,7 +276,29 @@ func (s *Source) write(rec *record) ([]string, error) {
 // oauth is the OAuth 2 client of the gateway at provider p, with a
 // redirect URL.
 func (s *Source) oauth(p *oidc.Provider, redirect string) *oauth2.Config {
-	return &oauth2.Config{ClientID: s.cfg.ClientID, ClientSecret: s.cfg.ClientSecret, Endpoint: p.Endpoint(), RedirectURL: redirect, Scopes: s.cfg.Scopes}
+	return &oauth2.Config{ClientID: s.cfg.ClientID, ClientSecret: s.cfg.ClientSecret, Endpoint: s.endpoint(p), RedirectURL: redirect, Scopes: s.cfg.Scopes}
+}
+
+// endpoint is the provider's OAuth 2 endpoint with the client
+// authentication it advertises: client_secret_basic (the default of the
+// specification) or client_secret_post; a public client sends its id in
+// the form. Left to detection, the library would repeat every refused
+// token request in the other style.
+func (s *Source) endpoint(p *oidc.Provider) oauth2.Endpoint {
+	ep := p.Endpoint()
+	var meta struct {
+		Methods []string `json:"token_endpoint_auth_methods_supported"`
+	}
+	_ = p.Claims(&meta)
+	switch {
+	case s.cfg.ClientSecret == "":
+		ep.AuthStyle = oauth2.AuthStyleInParams
+	case len(meta.Methods) == 0 || slices.Contains(meta.Methods, "client_secret_basic"):
+		ep.AuthStyle = oauth2.AuthStyleInHeader
+	case slices.Contains(meta.Methods, "client_secret_post"):
+		ep.AuthStyle = oauth2.AuthStyleInParams
+	}
+	return ep
 }
 
 // Response is what a sign-in step answers: a status, a redirect, cookies
@@ -352,6 +393,9 @@ func (s *Source) Callback(ctx context.Context, cookieHeaders []string, rawQuery 
 	tok, err := s.oauth(p, st.Redirect).Exchange(ctx, code, oauth2.VerifierOption(st.Verifier))
 	if err != nil {
 		s.cfg.Logger.Info("sign-in refused: code exchange failed", "err", redact(err))
+		if providerDown(err) {
+			return fail(503, "The identity provider cannot be reached now. Try again in a minute.")
+		}
 		return fail(403, "The identity provider did not accept this sign-in. Open the application again to sign in.")
 	}
 	raw, _ := tok.Extra("id_token").(string)
@@ -366,7 +410,7 @@ func (s *Source) Callback(ctx context.Context, cookieHeaders []string, rawQuery 
 	}
 	now := s.now()
 	rec := record{Sub: id.Subject, User: id.User, Email: id.Email, Name: id.Name, Groups: id.Groups,
-		Created: now.Unix(), Seen: now.Unix(), Expiry: idt.Expiry.Unix(), Refresh: tok.RefreshToken}
+		Created: now.Unix(), Seen: now.Unix(), Expiry: idt.Expiry.Unix(), Issued: issued(idt, now), Refresh: tok.RefreshToken}
 	cookies, err := s.write(&rec)
 	if err != nil {
 		s.cfg.Logger.Warn("sign-in refused: the session does not fit in cookies", "sub", id.Subject, "groups", len(id.Groups))
@@ -437,6 +481,24 @@ func sanitize(s string) string {
 		}
 	}
 	return string(out)
+}
+
+// issued is an ID token's iat, or now when it has none.
+func issued(idt *oidc.IDToken, now time.Time) int64 {
+	if idt.IssuedAt.IsZero() {
+		return now.Unix()
+	}
+	return idt.IssuedAt.Unix()
+}
+
+// providerDown reports whether a token-endpoint call failed because the
+// provider is down (no answer, or a 5xx), not because it refused.
+func providerDown(err error) bool {
+	var re *oauth2.RetrieveError
+	if errors.As(err, &re) {
+		return re.Response.StatusCode >= 500
+	}
+	return true
 }
 
 // redact describes a token-endpoint error without what the provider

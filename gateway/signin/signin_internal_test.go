@@ -4,9 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -169,4 +175,75 @@ func BenchmarkIdentify(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestRefreshRefused: on the session's clock, a refresh is asked for only
+// in the ID token's last half (at most its last 30 s); a refused refresh
+// sends an older session to sign in again, and makes a session younger
+// than 30 s unavailable (503) instead, so a provider that will not renew
+// what it just issued causes no sign-in loop; a provider that is down is
+// unavailable.
+func TestRefreshRefused(t *testing.T) {
+	var status atomic.Int32
+	status.Store(400)
+	var calls atomic.Int32
+	var srv *httptest.Server
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/.well-known/openid-configuration":
+			json.NewEncoder(w).Encode(map[string]any{"issuer": srv.URL, "jwks_uri": srv.URL + "/jwks", "authorization_endpoint": srv.URL + "/auth",
+				"token_endpoint": srv.URL + "/token", "id_token_signing_alg_values_supported": []string{"RS256"},
+				"token_endpoint_auth_methods_supported": []string{"client_secret_basic"}})
+		case "/token":
+			calls.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(int(status.Load()))
+			io.WriteString(w, `{"error":"invalid_grant"}`)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	d, err := identity.Discover(context.Background(), srv.URL, slog.New(slog.DiscardHandler))
+	if err != nil || d.Provider() == nil {
+		t.Fatalf("discovery: %v", err)
+	}
+	now := time.Unix(1_800_000_000, 0)
+	sealer, _ := session.NewSealer(bytes.Repeat([]byte{7}, session.KeySize))
+	s, _ := New(d, Config{ClientID: "kmsgate", Sealer: sealer, Logger: slog.New(slog.DiscardHandler)}, "")
+	s.SetClock(func() time.Time { return now })
+	start := now
+	cookie := func(lifetime time.Duration) []string {
+		rec := record{Sub: "u-1", Created: start.Unix(), Seen: start.Unix(), Issued: start.Unix(), Expiry: start.Add(lifetime).Unix(), Refresh: "rt"}
+		set, _ := s.write(&rec)
+		return cookieHeader(set)
+	}
+	// A 10-minute token: due in its last 30 s.
+	long := cookie(10 * time.Minute)
+	now = start.Add(9*time.Minute + 29*time.Second)
+	if _, err := s.Identify(&request{cookies: long}); err != nil || calls.Load() != 0 {
+		t.Fatalf("before the margin: %v, %d refresh calls", err, calls.Load())
+	}
+	now = start.Add(9*time.Minute + 31*time.Second)
+	if _, err := s.Identify(&request{cookies: long}); !errors.Is(err, identity.ErrSignIn) || calls.Load() != 1 {
+		t.Fatalf("refused, older session: %v, %d refresh calls; want a new sign-in", err, calls.Load())
+	}
+	// A 20-second token: due in its last half, and refused while the
+	// session is younger than 30 s.
+	now = start
+	short := cookie(20 * time.Second)
+	now = start.Add(9 * time.Second)
+	if _, err := s.Identify(&request{cookies: short}); err != nil || calls.Load() != 1 {
+		t.Fatalf("first half of a short token: %v, %d refresh calls", err, calls.Load())
+	}
+	now = start.Add(11 * time.Second)
+	if _, err := s.Identify(&request{cookies: short}); !errors.Is(err, identity.ErrUnavailable) || calls.Load() != 2 {
+		t.Fatalf("refused, session made moments ago: %v; want unavailable, no new sign-in", err)
+	}
+	// The provider down: unavailable, whatever the session's age.
+	status.Store(503)
+	now = start.Add(9*time.Minute + 31*time.Second)
+	if _, err := s.Identify(&request{cookies: long}); !errors.Is(err, identity.ErrUnavailable) {
+		t.Fatalf("provider down: %v", err)
+	}
 }

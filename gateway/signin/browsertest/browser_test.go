@@ -372,13 +372,12 @@ func control(t *testing.T, issuer string, form url.Values) {
 
 // TestBrowserReturnAndRefresh signs in through /v1/oidc/login with return
 // addresses that must not leave the gateway, then lets the session refresh
-// (the provider's ID tokens live 30 s, inside the gateway's refresh margin,
-// so every request refreshes), then makes the refresh fail and the token
-// endpoint fail.
+// (the provider's ID tokens live 4 s; the gateway renews one in its last
+// half), then makes the token endpoint fail at sign-in.
 func TestBrowserReturnAndRefresh(t *testing.T) {
 	chromium(t)
 	dir := workDir(t)
-	issuer := startProvider(t, dir, "-id-token-ttl", "30s", "-control")
+	issuer := startProvider(t, dir, "-id-token-ttl", "4s", "-control")
 	a := listenApp(t)
 	g := startGateway(t, dir, issuer, a.URL, fmt.Sprintf(browserConfig, a.URL))
 	a.serve(t, g.Base, g.Direct)
@@ -402,14 +401,19 @@ func TestBrowserReturnAndRefresh(t *testing.T) {
 		}
 	}
 
-	// Refresh: the ID token is within the refresh margin, so the next
-	// request refreshes it and the user stays signed in.
+	// Refresh: once the ID token is in its last half (2 s of the provider's
+	// real clock), a request renews it and the user stays signed in. The
+	// wait is for another process's clock: polled, bounded.
 	before := stats(t, issuer)
-	run(t, b, "request that refreshes", chromedp.Navigate(g.Base+"/r1"))
+	after := before
+	for i := 0; i < 40 && after.RefreshGrants == before.RefreshGrants; i++ {
+		time.Sleep(250 * time.Millisecond)
+		run(t, b, "request that may refresh", chromedp.Navigate(g.Base+"/r1"))
+		after = stats(t, issuer)
+	}
 	if got := readApp(t, b); got.sub != "user-alice" || got.path != "/r1" {
 		t.Errorf("after refresh: %+v", got)
 	}
-	after := stats(t, issuer)
 	if after.RefreshGrants <= before.RefreshGrants || after.CodeGrants != before.CodeGrants {
 		t.Errorf("provider before %+v, after %+v: want a refresh grant and no new sign-in", before, after)
 	}
@@ -424,8 +428,8 @@ func TestBrowserReturnAndRefresh(t *testing.T) {
 		waitURL(g.Base+"/v1/oidc/callback"))
 	h1 := get(t, b, "error page", chromedp.Text(chromedp.CSS("h1")))
 	t.Logf("callback with the token endpoint down answers a page headed %q", h1)
-	if !strings.Contains(h1, "Forbidden") && !strings.Contains(h1, "Unavailable") && !strings.Contains(h1, "Bad Gateway") {
-		t.Errorf("callback with the token endpoint down: page %q, want an error page", h1)
+	if h1 != "503 Service Unavailable" {
+		t.Errorf("callback with the token endpoint down: page %q, want 503 Service Unavailable", h1)
 	}
 	if c := findCookie(cookiesOf(t, b, g.Base+"/"), "_kmsgate"); c != nil {
 		t.Errorf("a session cookie was set although the code exchange failed")
@@ -436,14 +440,16 @@ func TestBrowserReturnAndRefresh(t *testing.T) {
 	control(t, issuer, url.Values{"fail_token": {"false"}})
 }
 
-// TestBrowserRefusedRefresh makes the provider refuse every refresh while
-// its ID tokens live 30 s, inside the gateway's refresh margin: the
-// gateway must send the browser to sign in once, and the provider's
-// session lets it back in without a password, with no redirect loop.
+// TestBrowserRefusedRefresh makes the provider refuse to renew a session
+// it has just issued (ID tokens of 4 s, renewed in their last half): the
+// gateway answers a 503 page instead of sending the browser to sign in,
+// which would make the same short session again and loop through the
+// provider. (An older session whose refresh is refused signs in again:
+// TestRefreshRefused in gateway/signin, on a fake clock.)
 func TestBrowserRefusedRefresh(t *testing.T) {
 	chromium(t)
 	dir := workDir(t)
-	issuer := startProvider(t, dir, "-id-token-ttl", "30s", "-control")
+	issuer := startProvider(t, dir, "-id-token-ttl", "4s", "-control")
 	a := listenApp(t)
 	g := startGateway(t, dir, issuer, a.URL, fmt.Sprintf(browserConfig, a.URL))
 	a.serve(t, g.Base, g.Direct)
@@ -451,22 +457,24 @@ func TestBrowserRefusedRefresh(t *testing.T) {
 	defer cancel()
 	b := newBrowser(t, ctx)
 
-	// A refused refresh sends the browser to sign in again; the provider's
-	// session makes it silent, so the user lands on the page with a new
-	// code grant: once, not in a loop (the new session's ID token is as
-	// short-lived as the refused one).
 	run(t, b, "sign in", chromedp.Navigate(g.Base+"/"), signInForm("alice", "alice-pw"))
 	if got := readApp(t, b); got.sub != "user-alice" {
 		t.Fatalf("signed in: %+v", got)
 	}
 	control(t, issuer, url.Values{"fail_refresh": {"true"}})
 	before := stats(t, issuer)
-	run(t, b, "request whose refresh is refused", chromedp.Navigate(g.Base+"/r2"), waitURL(g.Base+"/r2"))
-	if got := readApp(t, b); got.sub != "user-alice" || got.path != "/r2" {
-		t.Errorf("after a refused refresh: %+v", got)
+	// Polled until the token is due (2 s of the provider's real clock) and
+	// its refresh refused.
+	h1 := ""
+	for i := 0; i < 40 && h1 != "503 Service Unavailable"; i++ {
+		time.Sleep(250 * time.Millisecond)
+		run(t, b, "request whose refresh may be refused", chromedp.Navigate(g.Base+"/r2"))
+		h1 = get(t, b, "heading", chromedp.Evaluate[string](`(document.querySelector("h1") || {}).textContent || ""`))
 	}
-	after := stats(t, issuer)
-	if after.CodeGrants != before.CodeGrants+1 || after.Logins != before.Logins {
-		t.Errorf("provider before %+v, after %+v: want one new code grant, no password", before, after)
+	if h1 != "503 Service Unavailable" {
+		t.Errorf("after a refused refresh of a new session: page %q, want 503 Service Unavailable\n%s", h1, describe(b))
+	}
+	if after := stats(t, issuer); after.CodeGrants != before.CodeGrants || after.Logins != before.Logins {
+		t.Errorf("provider before %+v, after %+v: want no new sign-in (no loop)", before, after)
 	}
 }
