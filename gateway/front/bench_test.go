@@ -2,6 +2,7 @@ package front
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
@@ -43,7 +44,7 @@ deny:
 func benchFastPrepare(b *testing.B, pol string) {
 	f := &backendtest.Fake{}
 	f.Add("v1", time.Now().Add(-time.Hour))
-	kr, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{})
+	kr, _ := jwks.NewKeyring([]jwks.Source{{URI: "fake://k", Backend: f}}, jwks.Config{Logger: slog.New(slog.DiscardHandler)})
 	if err := kr.Refresh(context.Background()); err != nil {
 		b.Fatal(err)
 	}

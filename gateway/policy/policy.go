@@ -106,7 +106,7 @@ func (d Decision) String() string {
 
 // Policy is a compiled policy; it is safe for concurrent use.
 type Policy struct {
-	allow, deny rule // deny may be nil; allow nil means any-authenticated
+	allow, deny *rule // deny may be nil; allow nil means any-authenticated
 	usesClient  bool
 }
 
@@ -171,96 +171,93 @@ func Compile(s Spec) (*Policy, error) {
 	return p, nil
 }
 
-// rule is one compiled rule.
-type rule interface{ match(in *Input) bool }
+// kind is what a compiled rule tests.
+type kind uint8
 
-type (
-	andRule []rule
-	orRule  []rule
-	notRule struct{ r rule }
-	// stringRule matches one identity field against a set of values.
-	stringRule struct {
-		field  func(*identity.Identity) string
-		values []string
-		fold   bool
-	}
-	// domainRule matches the email's domain.
-	domainRule []string
-	// groupsRule matches the groups: any of values (has, any-of) or all.
-	groupsRule struct {
-		values []string
-		all    bool
-	}
-	clientRule []netip.Prefix
+const (
+	kindAnd kind = iota
+	kindOr
+	kindNot
+	kindUser
+	kindSub
+	kindEmail  // values compared without regard to case
+	kindDomain // the email's domain, without regard to case
+	kindGroupsAny
+	kindGroupsAll
+	kindClient
 )
 
-func (r andRule) match(in *Input) bool {
-	for _, x := range r {
-		if !x.match(in) {
+// rule is one compiled rule: a combination of kids, or a criterion with
+// its values. One concrete type evaluated by one switch keeps the input on
+// the caller's stack.
+type rule struct {
+	kind     kind
+	kids     []*rule
+	values   []string
+	prefixes []netip.Prefix
+}
+
+func (r *rule) match(in *Input) bool {
+	id := in.Identity
+	switch r.kind {
+	case kindAnd:
+		for _, k := range r.kids {
+			if !k.match(in) {
+				return false
+			}
+		}
+		return true
+	case kindOr:
+		for _, k := range r.kids {
+			if k.match(in) {
+				return true
+			}
+		}
+		return false
+	case kindNot:
+		return !r.kids[0].match(in)
+	case kindUser:
+		return id.User != "" && slices.Contains(r.values, id.User)
+	case kindSub:
+		return id.Subject != "" && slices.Contains(r.values, id.Subject)
+	case kindEmail:
+		return id.Email != "" && anyFold(r.values, id.Email)
+	case kindDomain:
+		at := strings.LastIndexByte(id.Email, '@')
+		return at >= 0 && anyFold(r.values, id.Email[at+1:])
+	case kindGroupsAny:
+		for _, want := range r.values {
+			if slices.Contains(id.Groups, want) {
+				return true
+			}
+		}
+		return false
+	case kindGroupsAll:
+		for _, want := range r.values {
+			if !slices.Contains(id.Groups, want) {
+				return false
+			}
+		}
+		return true
+	case kindClient:
+		a := in.Client.Unmap()
+		if !a.IsValid() {
 			return false
 		}
-	}
-	return true
-}
-
-func (r orRule) match(in *Input) bool {
-	for _, x := range r {
-		if x.match(in) {
-			return true
+		for _, p := range r.prefixes {
+			if p.Contains(a) {
+				return true
+			}
 		}
+		return false
 	}
 	return false
 }
 
-func (r notRule) match(in *Input) bool { return !r.r.match(in) }
-
-func (r *stringRule) match(in *Input) bool {
-	v := r.field(in.Identity)
-	if v == "" {
-		return false
-	}
-	for _, want := range r.values {
-		if v == want || (r.fold && strings.EqualFold(v, want)) {
-			return true
-		}
-	}
-	return false
-}
-
-func (r domainRule) match(in *Input) bool {
-	at := strings.LastIndexByte(in.Identity.Email, '@')
-	if at < 0 {
-		return false
-	}
-	d := in.Identity.Email[at+1:]
-	for _, want := range r {
-		if strings.EqualFold(d, want) {
-			return true
-		}
-	}
-	return false
-}
-
-func (r *groupsRule) match(in *Input) bool {
-	for _, want := range r.values {
-		has := slices.Contains(in.Identity.Groups, want)
-		if has && !r.all {
-			return true
-		}
-		if !has && r.all {
-			return false
-		}
-	}
-	return r.all
-}
-
-func (r clientRule) match(in *Input) bool {
-	a := in.Client.Unmap()
-	if !a.IsValid() {
-		return false
-	}
-	for _, p := range r {
-		if p.Contains(a) {
+// anyFold reports whether v is one of values, without regard to case.
+func anyFold(values []string, v string) bool {
+	for _, want := range values {
+		if strings.EqualFold(v, want) {
 			return true
 		}
 	}
@@ -285,7 +282,7 @@ func ruleKeys() string {
 	return strings.Join(keys, ", ")
 }
 
-func (c *compiler) rule(at string, n *yaml.Node) (rule, error) {
+func (c *compiler) rule(at string, n *yaml.Node) (*rule, error) {
 	if n.Kind != yaml.MappingNode || len(n.Content) != 2 {
 		what := "a list"
 		if n.Kind == yaml.MappingNode {
@@ -302,7 +299,7 @@ func (c *compiler) rule(at string, n *yaml.Node) (rule, error) {
 		if v.Kind != yaml.SequenceNode || len(v.Content) == 0 {
 			return nil, fmt.Errorf("%s (line %d): want a non-empty list of rules", at, v.Line)
 		}
-		rs := make([]rule, len(v.Content))
+		rs := make([]*rule, len(v.Content))
 		for i, e := range v.Content {
 			r, err := c.rule(fmt.Sprintf("%s[%d]", at, i+1), e)
 			if err != nil {
@@ -311,15 +308,15 @@ func (c *compiler) rule(at string, n *yaml.Node) (rule, error) {
 			rs[i] = r
 		}
 		if k.Value == "and" {
-			return andRule(rs), nil
+			return &rule{kind: kindAnd, kids: rs}, nil
 		}
-		return orRule(rs), nil
+		return &rule{kind: kindOr, kids: rs}, nil
 	case "not":
 		r, err := c.rule(at, v)
 		if err != nil {
 			return nil, err
 		}
-		return notRule{r}, nil
+		return &rule{kind: kindNot, kids: []*rule{r}}, nil
 	}
 	ops, ok := criteria[k.Value]
 	if !ok {
@@ -336,25 +333,28 @@ func (c *compiler) rule(at string, n *yaml.Node) (rule, error) {
 	}
 	switch k.Value {
 	case "user":
-		return &stringRule{field: func(id *identity.Identity) string { return id.User }, values: values}, nil
+		return &rule{kind: kindUser, values: values}, nil
 	case "sub":
-		return &stringRule{field: func(id *identity.Identity) string { return id.Subject }, values: values}, nil
+		return &rule{kind: kindSub, values: values}, nil
 	case "email":
 		for _, e := range values {
 			if strings.Count(e, "@") != 1 || strings.HasPrefix(e, "@") || strings.HasSuffix(e, "@") {
 				return nil, fmt.Errorf("%s (line %d): %q is not an email address", at, arg.Line, e)
 			}
 		}
-		return &stringRule{field: func(id *identity.Identity) string { return id.Email }, values: values, fold: true}, nil
+		return &rule{kind: kindEmail, values: values}, nil
 	case "domain":
 		for _, d := range values {
 			if strings.ContainsAny(d, "@/ ") || strings.HasPrefix(d, ".") || strings.HasSuffix(d, ".") {
 				return nil, fmt.Errorf("%s (line %d): %q is not a domain name (write example.com, without @)", at, arg.Line, d)
 			}
 		}
-		return domainRule(values), nil
+		return &rule{kind: kindDomain, values: values}, nil
 	case "groups":
-		return &groupsRule{values: values, all: op == "all-of"}, nil
+		if op == "all-of" {
+			return &rule{kind: kindGroupsAll, values: values}, nil
+		}
+		return &rule{kind: kindGroupsAny, values: values}, nil
 	case "client":
 		c.usesClient = true
 		prefixes := make([]netip.Prefix, len(values))
@@ -375,7 +375,7 @@ func (c *compiler) rule(at string, n *yaml.Node) (rule, error) {
 			}
 			prefixes[i] = p
 		}
-		return clientRule(prefixes), nil
+		return &rule{kind: kindClient, prefixes: prefixes}, nil
 	}
 	return nil, fmt.Errorf("%s (line %d): unknown rule %q", at, k.Line, k.Value)
 }
