@@ -35,8 +35,8 @@ type loginOP struct {
 	user     map[string]any   // the claims of whoever signs in next
 	idTTL    time.Duration
 	backdate time.Duration // ID tokens are issued this long ago
-	failNext atomic.Bool // the token endpoint answers 400 invalid_grant
-	badNonce atomic.Bool // the ID token carries another nonce
+	failNext atomic.Bool   // the token endpoint answers 400 invalid_grant
+	badNonce atomic.Bool   // the ID token carries another nonce
 	tokens   atomic.Int64
 }
 
