@@ -43,7 +43,7 @@ type loginOP struct {
 type grant struct {
 	claims            map[string]any
 	nonce, challenge  string
-	clientID, rediect string
+	clientID, redirect string
 }
 
 func newLoginOP(t *testing.T, o *oidcIssuer, mux *http.ServeMux) *loginOP {
@@ -57,7 +57,7 @@ func newLoginOP(t *testing.T, o *oidcIssuer, mux *http.ServeMux) *loginOP {
 		}
 		code := randomText()
 		op.mu.Lock()
-		op.codes[code] = grant{claims: op.user, nonce: q.Get("nonce"), challenge: q.Get("code_challenge"), clientID: q.Get("client_id"), rediect: q.Get("redirect_uri")}
+		op.codes[code] = grant{claims: op.user, nonce: q.Get("nonce"), challenge: q.Get("code_challenge"), clientID: q.Get("client_id"), redirect: q.Get("redirect_uri")}
 		op.mu.Unlock()
 		http.Redirect(w, r, q.Get("redirect_uri")+"?code="+code+"&state="+url.QueryEscape(q.Get("state")), http.StatusFound)
 	})
@@ -83,7 +83,7 @@ func newLoginOP(t *testing.T, o *oidcIssuer, mux *http.ServeMux) *loginOP {
 			if ok && base64.RawURLEncoding.EncodeToString(sum[:]) != g.challenge {
 				ok = false
 			}
-			if ok && r.Form.Get("redirect_uri") != g.rediect {
+			if ok && r.Form.Get("redirect_uri") != g.redirect {
 				ok = false
 			}
 		case "refresh_token":
@@ -95,14 +95,15 @@ func newLoginOP(t *testing.T, o *oidcIssuer, mux *http.ServeMux) *loginOP {
 		if ok {
 			op.refresh[rt] = g
 		}
+		idTTL, backdate := op.idTTL, op.backdate
 		op.mu.Unlock()
 		if !ok {
 			fail("invalid_grant")
 			return
 		}
 		op.tokens.Add(1)
-		now := time.Now().Add(-op.backdate)
-		claims := map[string]any{"iss": o.URL, "aud": "kmsgate", "iat": now.Unix(), "exp": now.Add(op.idTTL).Unix()}
+		now := time.Now().Add(-backdate)
+		claims := map[string]any{"iss": o.URL, "aud": "kmsgate", "iat": now.Unix(), "exp": now.Add(idTTL).Unix()}
 		for k, v := range g.claims {
 			claims[k] = v
 		}
@@ -113,7 +114,7 @@ func newLoginOP(t *testing.T, o *oidcIssuer, mux *http.ServeMux) *loginOP {
 			}
 		}
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(map[string]any{"access_token": "at-" + randomText(), "token_type": "Bearer", "expires_in": int(op.idTTL.Seconds()),
+		json.NewEncoder(w).Encode(map[string]any{"access_token": "at-" + randomText(), "token_type": "Bearer", "expires_in": int(idTTL.Seconds()),
 			"refresh_token": rt, "id_token": o.token(t, jose.RS256, o.key, claims)})
 	})
 	mux.HandleFunc("/logout", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "signed out at the provider") })
@@ -122,6 +123,13 @@ func newLoginOP(t *testing.T, o *oidcIssuer, mux *http.ServeMux) *loginOP {
 
 // accessToken matches the test provider's access tokens.
 var accessToken = regexp.MustCompile(`at-[A-Za-z0-9_-]{22}`)
+
+// lifetimes sets the ID tokens' lifetime and how long ago they are issued.
+func (op *loginOP) lifetimes(ttl, backdate time.Duration) {
+	op.mu.Lock()
+	op.idTTL, op.backdate = ttl, backdate
+	op.mu.Unlock()
+}
 
 func randomText() string {
 	var b [16]byte
@@ -426,7 +434,7 @@ func TestSignInSessionCookie(t *testing.T) {
 // (TestRefreshRefused in gateway/signin).
 func TestSignInRefresh(t *testing.T) {
 	e, iss, _ := signInEnv(t, nil)
-	iss.op.idTTL, iss.op.backdate = 30*time.Second, 20*time.Second // 10 s left of 30: due
+	iss.op.lifetimes(30*time.Second, 20*time.Second) // 10 s left of 30: due
 	gw := "http://" + e.addr
 	b := newBrowser(t)
 	b.signIn(gw, "/")
@@ -442,7 +450,7 @@ func TestSignInRefresh(t *testing.T) {
 	}
 	// A token that is not due is not refreshed.
 	iss.op.failNext.Store(false)
-	iss.op.backdate = 0
+	iss.op.lifetimes(30*time.Second, 0)
 	b = newBrowser(t)
 	b.signIn(gw, "/")
 	before = iss.op.tokens.Load()
