@@ -41,8 +41,8 @@ type loginOP struct {
 }
 
 type grant struct {
-	claims            map[string]any
-	nonce, challenge  string
+	claims             map[string]any
+	nonce, challenge   string
 	clientID, redirect string
 }
 
