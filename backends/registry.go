@@ -2,6 +2,7 @@ package backends
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -46,6 +47,10 @@ func Schemes() []string {
 func Open(ctx context.Context, uri string, opts Options) (Backend, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URI, which may hold a credential
+		}
 		return nil, fmt.Errorf("key %q: %w: %v", Redact(uri), ErrInvalidURI, err)
 	}
 	if u.Scheme == "" {
@@ -68,7 +73,8 @@ func Open(ctx context.Context, uri string, opts Options) (Backend, error) {
 }
 
 // Redact returns a key URI fit for logs and errors: user info and query
-// values that may carry credentials are removed.
+// values that may carry credentials are removed, and so is the user info
+// of a value that is kept (an ?endpoint= URL).
 func Redact(uri string) string {
 	u, err := url.Parse(uri)
 	if err != nil {
@@ -77,9 +83,12 @@ func Redact(uri string) string {
 	u.User = nil
 	if u.RawQuery != "" {
 		q := u.Query()
-		for k := range q {
+		for k, vs := range q {
 			switch strings.ToLower(k) {
 			case "mount", "endpoint", "region":
+				for i, v := range vs {
+					vs[i] = RedactUserInfo(v)
+				}
 			default:
 				q.Set(k, "REDACTED")
 			}
@@ -87,4 +96,23 @@ func Redact(uri string) string {
 		u.RawQuery = q.Encode()
 	}
 	return u.String()
+}
+
+// RedactUserInfo returns an address (a URL or HOST:PORT) fit for logs and
+// errors: whatever stands before an "@" in its authority, user info that
+// may hold a password, is replaced by REDACTED.
+func RedactUserInfo(addr string) string {
+	prefix, rest := "", addr
+	if i := strings.Index(addr, "://"); i >= 0 {
+		prefix, rest = addr[:i+3], addr[i+3:]
+	}
+	authority := rest
+	if end := strings.IndexAny(rest, "/?#"); end >= 0 {
+		authority = rest[:end]
+	}
+	at := strings.LastIndex(authority, "@")
+	if at < 0 {
+		return addr
+	}
+	return prefix + "REDACTED" + rest[at:]
 }
