@@ -118,10 +118,23 @@ func parseConfig(path string, data []byte, known map[string]bool) (*fileConfig, 
 	if err := top.Decode(&cfg.values); err != nil {
 		return nil, usagef("config %s: %s", path, yamlError(err))
 	}
+	explicitNulls(top)
 	if cfg.raw, err = yaml.Marshal(top); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	return cfg, nil
+}
+
+// explicitNulls spells every empty null value "null", so that the YAML
+// written from the tree reads back the same: yaml.v3 writes an empty null
+// inside a flow mapping ({key: }) as an empty quoted string.
+func explicitNulls(n *yaml.Node) {
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" && n.Value == "" {
+		n.Value = "null"
+	}
+	for _, c := range n.Content {
+		explicitNulls(c)
+	}
 }
 
 // respell turns a snake_case key into kebab-case, recording a deprecation

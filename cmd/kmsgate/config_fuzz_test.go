@@ -77,7 +77,7 @@ func FuzzConfig(f *testing.F) {
 		"clients: {}\n", "clients: [1]\n", "routes:\n  - path: /a/../b\n    upstream: ftp://x\n", "routes:\n  - upstream: http://u@h/\n",
 		"routes:\n  - host: \"H:80\"\n    upstream: http://h/\n", "clients:\n  - name: a\n    max-ttl: soon\n",
 		"a: &x 1\nissuer: *x\n", "<<: {issuer: x}\n", "issuer: !!binary aGVsbG8=\n", "issuer: x\nissuer: y\n",
-		"routes: &r [{upstream: http://h/}]\nclients: *r\n", "? [a]\n: b\n", "a: 1\n---\nb: 2\n", "\t- tab\n", "key: [[a]]\n",
+		"routes: &r [{upstream: http://h/}]\nclients: *r\n", "routes: [{host: , path: /a/, upstream: http://h/}]\nclients: [{name: a, claims: }]\n", "? [a]\n: b\n", "a: 1\n---\nb: 2\n", "\t- tab\n", "key: [[a]]\n",
 	} {
 		f.Add([]byte(s))
 	}
