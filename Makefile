@@ -1,6 +1,9 @@
 # The README's commands: `make run` starts a development gateway, `make test`
-# runs every test.
-.PHONY: run test bench build build-pkcs11
+# runs every test (and each fuzz target for 5 s, or FUZZTIME), `make fuzz`
+# runs each fuzz target for FUZZTIME (default 1m; `make fuzz FUZZTIME=10m`).
+.PHONY: run test bench build build-pkcs11 fuzz
+
+FUZZTIME ?= 1m
 
 build:
 	CGO_ENABLED=0 go build -trimpath -buildvcs=auto -o bin/kmsgate ./cmd/kmsgate
@@ -18,3 +21,6 @@ test:
 
 bench:
 	./scripts/bench.sh
+
+fuzz:
+	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh

@@ -2,6 +2,7 @@ package backends
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -46,6 +47,10 @@ func Schemes() []string {
 func Open(ctx context.Context, uri string, opts Options) (Backend, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URI, which may hold a credential
+		}
 		return nil, fmt.Errorf("key %q: %w: %v", Redact(uri), ErrInvalidURI, err)
 	}
 	if u.Scheme == "" {
@@ -68,7 +73,8 @@ func Open(ctx context.Context, uri string, opts Options) (Backend, error) {
 }
 
 // Redact returns a key URI fit for logs and errors: user info and query
-// values that may carry credentials are removed.
+// values that may carry credentials are removed, and so is the user info
+// of a value that is kept (an ?endpoint= URL).
 func Redact(uri string) string {
 	u, err := url.Parse(uri)
 	if err != nil {
@@ -77,16 +83,23 @@ func Redact(uri string) string {
 	u.User = nil
 	if u.RawQuery != "" {
 		// Part by part, in order and as written: values that name where a
-		// key is are kept, every other value is replaced.
+		// key is are kept (without user info), every other value is
+		// replaced.
 		parts := strings.Split(u.RawQuery, "&")
 		for i, part := range parts {
-			name, _, _ := strings.Cut(part, "=")
+			name, value, _ := strings.Cut(part, "=")
 			n, err := url.QueryUnescape(name)
 			if err != nil {
 				n = name
 			}
 			switch strings.ToLower(n) {
 			case "mount", "endpoint", "region", "module-path", "pin-source", "x-max-sessions":
+				v, err := url.QueryUnescape(value)
+				if err != nil {
+					parts[i] = name + "=REDACTED"
+				} else if r := RedactUserInfo(v); r != v {
+					parts[i] = name + "=" + url.QueryEscape(r)
+				}
 			default:
 				parts[i] = name + "=REDACTED"
 			}
@@ -94,4 +107,23 @@ func Redact(uri string) string {
 		u.RawQuery = strings.Join(parts, "&")
 	}
 	return u.String()
+}
+
+// RedactUserInfo returns an address (a URL or HOST:PORT) fit for logs and
+// errors: whatever stands before an "@" in its authority, user info that
+// may hold a password, is replaced by REDACTED.
+func RedactUserInfo(addr string) string {
+	prefix, rest := "", addr
+	if i := strings.Index(addr, "://"); i >= 0 {
+		prefix, rest = addr[:i+3], addr[i+3:]
+	}
+	authority := rest
+	if end := strings.IndexAny(rest, "/?#"); end >= 0 {
+		authority = rest[:end]
+	}
+	at := strings.LastIndex(authority, "@")
+	if at < 0 {
+		return addr
+	}
+	return prefix + "REDACTED" + rest[at:]
 }

@@ -2,7 +2,8 @@
 # Runs the whole test suite from a fresh clone: installs the Debian packages
 # the tests need, builds and starts the test servers (each described by one
 # file in scripts/test.d/), runs go vet and the race-enabled tests of the main
-# module and of every nested test module, and stops the servers on exit.
+# module and of every nested test module, then every fuzz target for
+# FUZZTIME (default 5s; scripts/fuzz.sh), and stops the servers on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -48,3 +49,7 @@ for m in "${NESTED_MODULES[@]}"; do
   echo "== go test -race in $m" >&2
   (cd "$ROOT/$m" && go vet ./... && go test -race -count=1 -timeout 20m ./...)
 done
+
+# A short run of every fuzz target (make fuzz runs them longer).
+echo "== fuzz targets, ${FUZZTIME:-5s} each" >&2
+FUZZTIME=${FUZZTIME:-5s} ./scripts/fuzz.sh

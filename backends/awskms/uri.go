@@ -1,6 +1,7 @@
 package awskms
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -164,15 +165,20 @@ func hostEndpoint(host string) (string, error) {
 // parseEndpoint checks an ?endpoint= URL: http or https, a host, nothing
 // else.
 func parseEndpoint(s string) (string, error) {
+	shown := backends.RedactUserInfo(s) // the user info may hold a password
 	e, err := url.Parse(s)
 	if err != nil {
-		return "", err
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URL, which may hold a password
+		}
+		return "", fmt.Errorf("%q: %v", shown, err)
 	}
 	if e.Scheme != "http" && e.Scheme != "https" {
-		return "", fmt.Errorf("%q: want an http:// or https:// URL", s)
+		return "", fmt.Errorf("%q: want an http:// or https:// URL", shown)
 	}
 	if e.Host == "" || e.User != nil || (e.Path != "" && e.Path != "/") || e.RawQuery != "" || e.Fragment != "" {
-		return "", fmt.Errorf("%q: want SCHEME://HOST[:PORT] and nothing more", s)
+		return "", fmt.Errorf("%q: want SCHEME://HOST[:PORT] and nothing more", shown)
 	}
 	return e.Scheme + "://" + e.Host, nil
 }

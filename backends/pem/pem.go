@@ -47,36 +47,74 @@ type Backend struct {
 const MaxFileSize = 1 << 20
 
 func openFile(_ context.Context, u *url.URL, _ backends.Options) (backends.Backend, error) {
+	path, err := filePath(u)
+	if err != nil {
+		return nil, err
+	}
+	b := &Backend{name: "file://" + path, read: func() ([]byte, error) { return readKeyFile(path) }}
+	return b, b.load()
+}
+
+// filePath returns the absolute path a file URI names: file:///path,
+// file://localhost/path, or file:path relative to the working directory.
+// Nothing of the URI may be left unused: user info, a query or a fragment
+// (an unescaped "?" or "#" in the path) is refused.
+func filePath(u *url.URL) (string, error) {
+	if err := onlyName(u, "a key file path", " (write ? as %3F and # as %23 in a path)"); err != nil {
+		return "", err
+	}
 	path := u.Path
 	switch {
 	case u.Opaque != "":
 		// file:keys.pem, relative to the working directory at start.
 		abs, err := filepath.Abs(u.Opaque)
 		if err != nil {
-			return nil, fmt.Errorf("pem: %s: %w: %v", u, backends.ErrInvalidURI, err)
+			return "", fmt.Errorf("pem: %s: %w: %v", backends.Redact(u.String()), backends.ErrInvalidURI, err)
 		}
 		path = abs
 	case u.Host != "" && u.Host != "localhost":
-		return nil, fmt.Errorf("pem: %s: %w: %q would be a host; write an absolute path as file:///path/keys.pem, or file:%s%s for a path relative to the working directory", u, backends.ErrInvalidURI, u.Host, u.Host, u.Path)
+		return "", fmt.Errorf("pem: %s: %w: %q would be a host; write an absolute path as file:///path/keys.pem, or file:%s%s for a path relative to the working directory", backends.Redact(u.String()), backends.ErrInvalidURI, u.Host, u.Host, u.Path)
 	case path == "":
-		return nil, fmt.Errorf("pem: %s: %w: no path", u, backends.ErrInvalidURI)
+		return "", fmt.Errorf("pem: %s: %w: no path", backends.Redact(u.String()), backends.ErrInvalidURI)
 	}
-	b := &Backend{name: "file://" + path, read: func() ([]byte, error) { return readKeyFile(path) }}
-	return b, b.load()
+	return path, nil
 }
 
 // readKeyFile reads a key file of at most MaxFileSize bytes; anything but a
-// regular file (a device, a FIFO, a directory) is refused unread.
+// regular file (a device, a FIFO, a directory) is refused unread. It is
+// checked before the file is opened, as opening a FIFO waits for a writer.
 func readKeyFile(path string) ([]byte, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := regularFile(path, st); err != nil {
+		return nil, err
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
+	if st, err = f.Stat(); err != nil {
+		return nil, err
+	}
+	if err := regularFile(path, st); err != nil {
+		return nil, err // replaced since the first check
+	}
+	b, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
 		return nil, err
 	}
+	if len(b) > MaxFileSize {
+		return nil, fmt.Errorf("%s grew past %d bytes while read", path, MaxFileSize)
+	}
+	return b, nil
+}
+
+// regularFile refuses a key file that is not a regular file or is larger
+// than MaxFileSize.
+func regularFile(path string, st os.FileInfo) error {
 	if m := st.Mode(); !m.IsRegular() {
 		what := "not a regular file"
 		switch {
@@ -91,28 +129,18 @@ func readKeyFile(path string) ([]byte, error) {
 		case m&os.ModeSocket != 0:
 			what = "a socket"
 		}
-		return nil, fmt.Errorf("%s is %s, not a key file", path, what)
+		return fmt.Errorf("%s is %s, not a key file", path, what)
 	}
 	if st.Size() > MaxFileSize {
-		return nil, fmt.Errorf("%s is %d bytes, more than the %d a key file may have", path, st.Size(), MaxFileSize)
+		return fmt.Errorf("%s is %d bytes, more than the %d a key file may have", path, st.Size(), MaxFileSize)
 	}
-	b, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > MaxFileSize {
-		return nil, fmt.Errorf("%s grew past %d bytes while read", path, MaxFileSize)
-	}
-	return b, nil
+	return nil
 }
 
 func openEnv(_ context.Context, u *url.URL, _ backends.Options) (backends.Backend, error) {
-	name := u.Host + u.Path
-	if u.Opaque != "" {
-		name = u.Opaque
-	}
-	if name == "" {
-		return nil, fmt.Errorf("pem: %s: %w: no variable name (env://SIGNING_KEY)", u, backends.ErrInvalidURI)
+	name, err := envName(u)
+	if err != nil {
+		return nil, err
 	}
 	b := &Backend{name: "env://" + name, read: func() ([]byte, error) {
 		v, ok := os.LookupEnv(name)
@@ -122,6 +150,40 @@ func openEnv(_ context.Context, u *url.URL, _ backends.Options) (backends.Backen
 		return []byte(v), nil
 	}}
 	return b, b.load()
+}
+
+// envName returns the name of the environment variable an env URI names:
+// env://NAME or env:NAME.
+func envName(u *url.URL) (string, error) {
+	if err := onlyName(u, "a variable name", ""); err != nil {
+		return "", err
+	}
+	name := u.Host + u.Path
+	if u.Opaque != "" {
+		name = u.Opaque
+	}
+	if name == "" {
+		return "", fmt.Errorf("pem: %s: %w: no variable name (env://SIGNING_KEY)", backends.Redact(u.String()), backends.ErrInvalidURI)
+	}
+	return name, nil
+}
+
+// onlyName refuses the parts of a file or env URI that would otherwise be
+// ignored: user info, a query and a fragment. what names what the URI
+// holds; hint, if any, is added to the error.
+func onlyName(u *url.URL, what, hint string) error {
+	var bad string
+	switch {
+	case u.User != nil:
+		bad, hint = "user info", ""
+	case u.RawQuery != "" || u.ForceQuery:
+		bad = "a query"
+	case u.Fragment != "":
+		bad = "a fragment"
+	default:
+		return nil
+	}
+	return fmt.Errorf("pem: %s: %w: %s is not part of %s%s", backends.Redact(u.String()), backends.ErrInvalidURI, bad, what, hint)
 }
 
 // New returns a backend over keys held in memory (the --dev key, tests). The

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/kmsgate/kmsgate/backends"
@@ -252,10 +253,15 @@ func TestKeyFileLimits(t *testing.T) {
 	if err := os.WriteFile(big, append(key, make([]byte, MaxFileSize)...), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for uri, want := range map[string]string{
 		"file://" + big:    "more than the 1048576 a key file may have",
 		"file:///dev/zero": "/dev/zero is a character device, not a key file",
 		"file://" + dir:    "is a directory, not a key file",
+		"file://" + fifo:   "is a named pipe, not a key file", // refused without waiting for a writer
 	} {
 		if _, err := backends.Open(context.Background(), uri, backends.Options{}); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", uri, err, want)

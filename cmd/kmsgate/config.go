@@ -66,6 +66,12 @@ func loadConfig(path string, known map[string]bool) (*fileConfig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
+	return parseConfig(path, data, known)
+}
+
+// parseConfig reads the YAML config data of the file at path (named in
+// errors); see loadConfig.
+func parseConfig(path string, data []byte, known map[string]bool) (*fileConfig, error) {
 	cfg := &fileConfig{values: map[string]any{}}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {

@@ -65,7 +65,7 @@ func TestGenkeyOut(t *testing.T) {
 	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
 		t.Error("the key was overwritten")
 	}
-	cmd := exec.Command(binary, "jwks", "--key", "file:key.pem")
+	cmd := exec.Command(kmsgateBinary(t), "jwks", "--key", "file:key.pem")
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), `"kty":"EC"`) {
 		t.Errorf("jwks --key file:key.pem in its folder: %v %s", err, out)

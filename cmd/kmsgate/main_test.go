@@ -10,30 +10,49 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/kmsgate/kmsgate/backends/backendtest"
 )
 
-var binary string
+var (
+	buildOnce sync.Once
+	buildDir  string
+	binary    string
+	buildErr  error
+)
+
+// kmsgateBinary builds the command once per test process, when a test first
+// needs it (fuzz targets and their workers do not), and returns its path.
+func kmsgateBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if buildDir, buildErr = os.MkdirTemp("", "kmsgate-cli"); buildErr != nil {
+			return
+		}
+		binary = filepath.Join(buildDir, "kmsgate")
+		if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binary
+}
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "kmsgate-cli")
-	if err != nil {
-		panic(err)
-	}
-	binary = filepath.Join(dir, "kmsgate")
-	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
-		os.Stderr.Write(out)
-		os.Exit(1)
-	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
 	os.Exit(code)
 }
 
@@ -52,7 +71,7 @@ func runIn(t *testing.T, stdin string, args ...string) (string, string, int) {
 
 func runWith(t *testing.T, env []string, stdin io.Reader, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
+	cmd := exec.Command(kmsgateBinary(t), args...)
 	for _, e := range os.Environ() {
 		if !strings.HasPrefix(e, "KMSGATE_") {
 			cmd.Env = append(cmd.Env, e)

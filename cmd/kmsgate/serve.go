@@ -138,7 +138,7 @@ func serve(cmd *cobra.Command, sf *serveFlags) error {
 	}
 	log := slog.Default()
 	var sections configSectionsFile
-	if cfg := configFrom(cmd); cfg != nil {
+	if cfg := configFrom(cmd); cfg != nil && cfg.doc != nil {
 		// Every key was checked by loadConfig; unknown ones are refused there.
 		if err := cfg.doc.Decode(&sections); err != nil {
 			return usagef("config: %s", yamlError(err))

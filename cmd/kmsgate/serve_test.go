@@ -195,7 +195,7 @@ func TestServeTLSAndClientCertificates(t *testing.T) {
 // TestServeDevIssuer: --dev without --issuer names the address it actually
 // listens on, so the printed curl and verify lines work with port 0 too.
 func TestServeDevIssuer(t *testing.T) {
-	cmd := exec.Command(binary, "serve", "--dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0")
+	cmd := exec.Command(kmsgateBinary(t), "serve", "--dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -314,17 +314,39 @@ func (s *oidcSource) Identify(r Request) (Identity, error) {
 	if !ok || !strings.EqualFold(scheme, "Bearer") || raw == "" {
 		return Identity{}, ErrNoIdentity
 	}
+	raw = strings.TrimSpace(raw)
+	if !compactJWS(raw) {
+		// go-jose would strip white space inside the token and verify
+		// what is left; only the compact form is a bearer token.
+		return Identity{}, fmt.Errorf("%w: the bearer token is not a compact JWS (three base64url parts)", ErrNoIdentity)
+	}
 	v := s.Verifier(s.audience)
 	if v == nil {
 		return Identity{}, ErrUnavailable
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
 	defer cancel()
-	tok, err := v.Verify(ctx, strings.TrimSpace(raw))
+	tok, err := v.Verify(ctx, raw)
 	if err != nil {
 		return Identity{}, fmt.Errorf("%w: %v", ErrNoIdentity, err)
 	}
 	return FromIDToken(tok, s.groupsClaim)
+}
+
+// compactJWS reports whether s has the form of a JWS compact serialization
+// (RFC 7515 7.1): three base64url parts separated by dots, nothing else.
+func compactJWS(s string) bool {
+	dots := 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '.':
+			dots++
+		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_':
+		default:
+			return false
+		}
+	}
+	return dots == 2
 }
 
 // certSource takes the identity from a verified TLS client certificate:

@@ -240,8 +240,8 @@ func Host(h string) (string, error) {
 		name = name[:i]
 	}
 	name = strings.TrimSuffix(name, ".")
-	if name == "" {
-		return "", ErrBadHost
+	if name == "" || strings.HasSuffix(name, ".") {
+		return "", ErrBadHost // "." or an empty last label ("a..")
 	}
 	for i := 0; i < len(name); i++ {
 		if 'A' <= name[i] && name[i] <= 'Z' {
