@@ -364,7 +364,7 @@ func startGateway(t testing.TB, bin string, env []string, args ...string) *gatew
 	full := append([]string{"serve", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--admin-listen", fmt.Sprintf("127.0.0.1:%d", adminPort),
 		"--issuer", base, "--config", cfg, "--audit-log", filepath.Join(dir, "audit.log"), "--request-log-sample", "0"}, args...)
 	g := &gateway{proc: newProc(t, "kmsgate", bin, env, full...), url: base, admin: fmt.Sprintf("http://127.0.0.1:%d", adminPort), token: token,
-		http: &http.Client{Timeout: 10 * time.Second}}
+		http: &http.Client{Timeout: 30 * time.Second}}
 	g.start()
 	return g
 }
@@ -460,6 +460,16 @@ func (g *gateway) metricLines(name string) string {
 		}
 	}
 	return b.String()
+}
+
+// liveHeapMiB makes the gateway collect garbage (the heap profile with
+// gc=1, --pprof) and returns its heap then (go_memstats_heap_alloc_bytes).
+func (g *gateway) liveHeapMiB() float64 {
+	g.t.Helper()
+	if st, _, _ := g.get(g.admin + "/debug/pprof/heap?gc=1"); st != http.StatusOK {
+		g.t.Fatalf("heap profile: %d", st)
+	}
+	return g.metric("go_memstats_heap_alloc_bytes") / (1 << 20)
 }
 
 // goroutines returns go_goroutines from the admin port's /metrics, and how

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"slices"
 	"sort"
 	"strconv"
@@ -141,8 +142,10 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 
 // tally counts the answers of one kind of request in one phase.
 type tally struct {
-	n, ok, unavailable, other, late int
-	max                             time.Duration
+	n, ok, unavailable, other int
+	fastUnavailable           int // 503s (429s) answered before load.deadline: the gateway gave up without waiting for the backend
+	max                       time.Duration
+	maxConnWait               time.Duration // of the slowest request: how long it waited for a connection to the gateway
 }
 
 func (a *tally) add(b tally) {
@@ -150,14 +153,15 @@ func (a *tally) add(b tally) {
 	a.ok += b.ok
 	a.unavailable += b.unavailable
 	a.other += b.other
-	a.late += b.late
-	a.max = max(a.max, b.max)
+	a.fastUnavailable += b.fastUnavailable
+	if b.max > a.max {
+		a.max, a.maxConnWait = b.max, b.maxConnWait
+	}
 }
 
-// outcome is one request's answer.
+// outcome is when a request that was answered 200 started, and how long it
+// took.
 type outcome struct {
-	kind  kind
-	class class
 	start time.Time
 	took  time.Duration
 }
@@ -171,8 +175,8 @@ type load struct {
 	g        *gateway
 	rates    [nKinds]float64 // requests per second
 	users    int             // distinct users cycled through; 0: a new user for every request
-	deadline time.Duration   // a request answered later than this is late
-	keep     bool            // keep every outcome (for recovery times)
+	keep     bool            // keep the 200s of sign and proxied requests (for recovery times)
+	deadline time.Duration   // the gateway's request deadline, to tell fast 503s from timeouts
 
 	jwks        []byte
 	ver         *verifier
@@ -190,6 +194,9 @@ type load struct {
 	unavailable map[string][]string // the first 503s and 429s of each phase, for diagnosis
 	skipped     int
 
+	gapMu sync.Mutex
+	gaps  map[string]time.Duration // per phase, the longest this process went without running (see watch)
+
 	stop    chan struct{}
 	sched   sync.WaitGroup
 	reqs    sync.WaitGroup
@@ -199,16 +206,20 @@ type load struct {
 
 const maxInFlight = 512
 
+// clientTimeout is how long the load generator waits for an answer: a
+// request not answered by then fails the run.
+const clientTimeout = 30 * time.Second
+
 // newLoad returns a load on g that opens at most maxConns connections to it
 // (0: one per request in flight); requests beyond wait in the client, which
 // keeps the gateway's connection count, and so its buffers, independent of
 // how slow a busy machine makes it.
-func newLoad(t testing.TB, g *gateway, jwksJSON []byte, ver *verifier, deadline time.Duration, maxConns int) *load {
+func newLoad(t testing.TB, g *gateway, jwksJSON []byte, ver *verifier, maxConns int) *load {
 	tr := &http.Transport{MaxIdleConns: maxInFlight, MaxIdleConnsPerHost: maxInFlight, MaxConnsPerHost: maxConns, IdleConnTimeout: 30 * time.Second}
 	t.Cleanup(tr.CloseIdleConnections)
-	return &load{t: t, g: g, jwks: jwksJSON, ver: ver, verifyEvery: 1, deadline: deadline,
-		client:  &http.Client{Transport: tr, Timeout: deadline + 10*time.Second},
-		tallies: map[string]*[nKinds]tally{}, unavailable: map[string][]string{}, sem: make(chan struct{}, maxInFlight)}
+	return &load{t: t, g: g, jwks: jwksJSON, ver: ver, verifyEvery: 1,
+		client:  &http.Client{Transport: tr, Timeout: clientTimeout},
+		tallies: map[string]*[nKinds]tally{}, unavailable: map[string][]string{}, gaps: map[string]time.Duration{}, sem: make(chan struct{}, maxInFlight)}
 }
 
 // setPhase names the phase that requests started from now on count in.
@@ -236,6 +247,40 @@ func (l *load) start() {
 		l.sched.Add(1)
 		go l.schedule(k)
 	}
+	l.sched.Add(1)
+	go l.watch()
+}
+
+// watch records, per phase, the longest gap between ticks of a 10 ms
+// ticker: how long this process (the load generator, the upstream and the
+// fault proxy) went without running on a busy machine.
+func (l *load) watch() {
+	defer l.sched.Done()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case now := <-tick.C:
+			gap := now.Sub(last) - 10*time.Millisecond
+			last = now
+			l.mu.Lock()
+			phase := l.phase
+			l.mu.Unlock()
+			l.gapMu.Lock()
+			l.gaps[phase] = max(l.gaps[phase], gap)
+			l.gapMu.Unlock()
+		}
+	}
+}
+
+// gap returns the longest stall of this process seen in a phase.
+func (l *load) gap(phase string) time.Duration {
+	l.gapMu.Lock()
+	defer l.gapMu.Unlock()
+	return l.gaps[phase]
 }
 
 // halt stops sending and waits for every request in flight.
@@ -312,6 +357,8 @@ func (l *load) one(k kind) {
 		req.Header.Set("X-Chaos-User", user)
 	}
 	start := time.Now()
+	var gotConn time.Time
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { gotConn = time.Now() }}))
 	resp, err := l.client.Do(req)
 	var body []byte
 	if err == nil {
@@ -369,6 +416,9 @@ func (l *load) one(k kind) {
 		t.ok++
 	case cUnavailable:
 		t.unavailable++
+		if took < l.deadline {
+			t.fastUnavailable++
+		}
 		if len(l.unavailable[phase]) < 5 {
 			l.unavailable[phase] = append(l.unavailable[phase], fmt.Sprintf("%s after %s", why, took.Round(time.Millisecond)))
 		}
@@ -378,12 +428,11 @@ func (l *load) one(k kind) {
 			l.others = append(l.others, fmt.Sprintf("[%s] %s after %s", phase, why, took.Round(time.Millisecond)))
 		}
 	}
-	if took > l.deadline {
-		t.late++
+	if took > t.max {
+		t.max, t.maxConnWait = took, gotConn.Sub(start)
 	}
-	t.max = max(t.max, took)
-	if l.keep {
-		l.outcomes = append(l.outcomes, outcome{kind: k, class: c, start: start, took: took})
+	if l.keep && c == cOK && k != kJWKS {
+		l.outcomes = append(l.outcomes, outcome{start: start, took: took})
 	}
 }
 
@@ -397,23 +446,22 @@ func (l *load) tallyOf(phase string, k kind) tally {
 	return tally{}
 }
 
-// firstOK returns how long after since the first request of the given kinds
+// firstOK returns how long after since the first sign or proxied request
 // that started at or after since was answered 200, and whether there was
-// one.
-func (l *load) firstOK(since time.Time, kinds ...kind) (time.Duration, bool) {
+// one (load.keep must be set). Outcomes are kept in the order they were
+// answered, so the search stops at the first one answered before since.
+func (l *load) firstOK(since time.Time) (time.Duration, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	best, found := time.Duration(0), false
-	for _, o := range l.outcomes {
-		if o.class != cOK || o.start.Before(since) {
-			continue
+	for i := len(l.outcomes) - 1; i >= 0; i-- {
+		o := l.outcomes[i]
+		end := o.start.Add(o.took)
+		if end.Before(since) {
+			break
 		}
-		for _, k := range kinds {
-			if o.kind == k {
-				if d := o.start.Add(o.took).Sub(since); !found || d < best {
-					best, found = d, true
-				}
-			}
+		if d := end.Sub(since); !o.start.Before(since) && (!found || d < best) {
+			best, found = d, true
 		}
 	}
 	return best, found
