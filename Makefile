@@ -1,7 +1,9 @@
 # The README's commands: `make run` starts a development gateway, `make test`
-# runs every test (and each fuzz target for 5 s, or FUZZTIME), `make fuzz`
-# runs each fuzz target for FUZZTIME (default 1m; `make fuzz FUZZTIME=10m`).
-.PHONY: run test bench build build-pkcs11 fuzz
+# runs every test (with each fuzz target for 5 s, and the short forms of the
+# fault-injection run and the soak); `make fuzz` runs each fuzz target for
+# FUZZTIME (default 1m; `make fuzz FUZZTIME=10m`); `make chaos` and
+# `make soak` are the long fault-injection run and soak.
+.PHONY: run test bench build build-pkcs11 fuzz chaos soak
 
 FUZZTIME ?= 1m
 
@@ -24,3 +26,9 @@ bench:
 
 fuzz:
 	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
+
+chaos:
+	./scripts/chaos.sh
+
+soak:
+	./scripts/soak.sh

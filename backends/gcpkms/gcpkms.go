@@ -48,6 +48,7 @@ import (
 	kms "cloud.google.com/go/kms/apiv1"
 	"google.golang.org/api/option"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kmsgate/kmsgate/backends"
@@ -118,6 +119,17 @@ type Backend struct {
 	pollWG sync.WaitGroup
 }
 
+// reconnect is how the gRPC connection to Cloud KMS is made again after it
+// failed. gRPC's default backoff grows to 120 s between attempts, so after
+// an outage of a minute the backend would stay away for up to two more,
+// each call failing at once; capped at 1 s, signing and refreshing come
+// back within a second of the endpoint. MinConnectTimeout bounds one
+// attempt at a connection whose SYN gets no answer (default 20 s).
+var reconnect = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+	MinConnectTimeout: 5 * time.Second,
+}
+
 // Open is the backends.Opener of the gcpkms scheme. It parses the URI and
 // creates the client; it makes no call to Cloud KMS.
 func Open(ctx context.Context, u *url.URL, opts backends.Options) (backends.Backend, error) {
@@ -136,7 +148,7 @@ func Open(ctx context.Context, u *url.URL, opts backends.Options) (backends.Back
 	// kmsgate exports its own metrics and sets up no OpenTelemetry
 	// provider, so the client's default instrumentation would only cost
 	// CPU on every call.
-	copts := []option.ClientOption{option.WithTelemetryDisabled()}
+	copts := []option.ClientOption{option.WithTelemetryDisabled(), option.WithGRPCDialOption(grpc.WithConnectParams(reconnect))}
 	if endpoint != "" {
 		copts = append(copts, option.WithEndpoint(endpoint))
 		if isLoopback(endpoint) {

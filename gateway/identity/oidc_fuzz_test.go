@@ -51,11 +51,12 @@ func FuzzOIDCBearer(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	s := &oidcSource{issuer: issuer, audience: audience, timeout: time.Second}
-	s.verifier.Store(oidc.NewVerifier(issuer, &oidc.StaticKeySet{PublicKeys: []crypto.PublicKey{&key.PublicKey}}, &oidc.Config{
+	d := &Discovery{issuer: issuer}
+	d.verifiers.Store(audience, oidc.NewVerifier(issuer, &oidc.StaticKeySet{PublicKeys: []crypto.PublicKey{&key.PublicKey}}, &oidc.Config{
 		ClientID: audience, Now: func() time.Time { return now },
 		SupportedSigningAlgs: []string{oidc.RS256, oidc.ES256, oidc.ES384, oidc.PS256, oidc.EdDSA},
 	}))
+	s := &oidcSource{Discovery: d, audience: audience, groupsClaim: "groups", timeout: time.Second}
 
 	sign := func(alg jose.SignatureAlgorithm, k any, claims map[string]any) string {
 		signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: k}, (&jose.SignerOptions{}).WithType("JWT"))

@@ -12,4 +12,6 @@ add_cleanup "kill $LOCALKMS_PID"
 wait_for_file "$LOCALKMS_DIR/addr" || { cat "$LOCALKMS_DIR/log" >&2; return 1; }
 KMSGATE_TEST_LOCALKMS=$(cat "$LOCALKMS_DIR/addr")
 export KMSGATE_TEST_LOCALKMS
+# The binary itself, for tests that run a local-kms of their own (gateway/chaos).
+export KMSGATE_TEST_LOCALKMS_BIN=$LOCALKMS_DIR/localkms
 add_module backends/awskms/localkms

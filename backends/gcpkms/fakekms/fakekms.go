@@ -96,6 +96,11 @@ type VersionSpec struct {
 	State kmspb.CryptoKeyVersion_CryptoKeyVersionState
 	// Created defaults to the server clock's now.
 	Created time.Time
+	// Key, when set, is the version's key material (its type must match the
+	// algorithm); by default a new key is generated. A fake started again
+	// with the same keys serves the same versions, as a restarted service
+	// would.
+	Key crypto.Signer
 }
 
 type cryptoKey struct {
@@ -276,9 +281,16 @@ func (s *Server) AddVersion(key string, spec VersionSpec) (string, error) {
 		spec.Created = s.now()
 	}
 	s.mu.Unlock()
-	signer, err := generate(spec.Algorithm)
-	if err != nil {
-		return "", err
+	signer := spec.Key
+	if signer != nil {
+		if err := keyFits(signer, spec.Algorithm); err != nil {
+			return "", err
+		}
+	} else {
+		var err error
+		if signer, err = generate(spec.Algorithm); err != nil {
+			return "", err
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -296,6 +308,22 @@ func (s *Server) AddVersion(key string, spec VersionSpec) (string, error) {
 	k.versions = append(k.versions, v)
 	s.versions[v.name] = v
 	return v.name, nil
+}
+
+// keyFits checks that a given key is of the kind alg signs with.
+func keyFits(k crypto.Signer, alg kmspb.CryptoKeyVersion_CryptoKeyVersionAlgorithm) error {
+	var ok bool
+	switch pub := k.Public().(type) {
+	case *ecdsa.PublicKey:
+		ok = (alg == kmspb.CryptoKeyVersion_EC_SIGN_P256_SHA256 && pub.Curve == elliptic.P256()) ||
+			(alg == kmspb.CryptoKeyVersion_EC_SIGN_P384_SHA384 && pub.Curve == elliptic.P384())
+	case *rsa.PublicKey:
+		ok = alg == kmspb.CryptoKeyVersion_RSA_SIGN_PKCS1_2048_SHA256 && pub.N.BitLen() == 2048
+	}
+	if !ok {
+		return fmt.Errorf("fakekms: a %T key does not fit algorithm %s", k.Public(), alg)
+	}
+	return nil
 }
 
 func generate(alg kmspb.CryptoKeyVersion_CryptoKeyVersionAlgorithm) (crypto.Signer, error) {

@@ -3,6 +3,8 @@ package fakekms_test
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/x509"
@@ -316,5 +318,34 @@ func TestFaults(t *testing.T) {
 	pub, _ := f.PublicKey(v)
 	if err != nil || resp.GetSignatureCrc32C().GetValue() != fakekms.CRC32C(resp.GetSignature()) || ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), d[:], resp.GetSignature()) {
 		t.Fatalf("wrong-key signature: %+v %v", resp, err)
+	}
+}
+
+// TestGivenKey: a version made with VersionSpec.Key serves that key and
+// signs with it; a key that does not fit the algorithm is refused.
+func TestGivenKey(t *testing.T) {
+	f, c := start(t)
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := add(t, f, fakekms.VersionSpec{Key: k})
+	if pub, _ := f.PublicKey(v); !k.PublicKey.Equal(pub) {
+		t.Fatal("PublicKey is not the given key")
+	}
+	d := sha256.Sum256([]byte("given"))
+	resp, err := sign(c, v, sha(d[:]), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ecdsa.VerifyASN1(&k.PublicKey, d[:], resp.GetSignature()) {
+		t.Fatal("the signature does not verify with the given key")
+	}
+	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.AddVersion(key, fakekms.VersionSpec{Key: p384}); err == nil {
+		t.Fatal("a P-384 key was accepted for EC_SIGN_P256_SHA256")
 	}
 }
