@@ -254,6 +254,9 @@ func (v *Verifier) run() {
 // callers it is shared with are not cut short by one that gives up.
 func (v *Verifier) refresh(ctx context.Context) error {
 	c := v.fetching.start(func() error {
+		if err := v.base.Err(); err != nil {
+			return err // closed: never fetch again
+		}
 		fctx, cancel := context.WithTimeout(v.base, fetchTimeout)
 		defer cancel()
 		return v.fetch(fctx)
