@@ -300,7 +300,7 @@ func runChaos(t *testing.T, name string, b *backendUnderTest, bin string, faultF
 	env := cleanEnv(append(b.envFor(fp.addr), "KMSGATE_LOG_LEVEL=warn")...)
 	launched := time.Now()
 	g := startGateway(t, bin, env, "--key", b.keyURI(fp.addr), "--refresh", refresh.String(), "--request-timeout", requestTimeout.String(),
-		"--upstream", up.srv.URL, "--identity", "headers", "--trusted-proxy", "127.0.0.1", "--prepublish", "1h", "--pprof")
+		"--upstream", up.srv.URL, "--identity", "headers", "--trusted-proxy", "127.0.0.1", "--allow", "any-authenticated", "--prepublish", "1h", "--pprof")
 	g.waitListening()
 	startup := time.Since(launched)
 	if st, body, _ := g.get(g.admin + "/readyz"); st != http.StatusServiceUnavailable || !strings.Contains(string(body), "not_loaded") {

@@ -66,7 +66,7 @@ func TestSoak(t *testing.T) {
 	}
 	up := startUpstream(t, 100)
 	g := startGateway(t, bin, cleanEnv("KMSGATE_LOG_LEVEL=warn"), "--key", "file://"+keyFile, "--upstream", up.srv.URL,
-		"--identity", "headers", "--trusted-proxy", "127.0.0.1", "--assertion-cache-size", fmt.Sprint(cacheSize), "--pprof")
+		"--identity", "headers", "--trusted-proxy", "127.0.0.1", "--allow", "any-authenticated", "--assertion-cache-size", fmt.Sprint(cacheSize), "--pprof")
 	g.waitReady(30 * time.Second)
 	st, jwksJSON, _ := g.get(g.url + "/.well-known/jwks.json")
 	if st != http.StatusOK {
