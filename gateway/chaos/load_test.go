@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"net/http/httptrace"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -478,16 +477,6 @@ func (l *load) problems() ([]string, int) {
 
 // ms formats a duration in milliseconds.
 func ms(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
-
-// sortedKeys returns the keys of a map in order.
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
-}
 
 // unavailableIn returns the first 503 and 429 answers of a phase.
 func (l *load) unavailableIn(phase string) []string {

@@ -1,6 +1,6 @@
 # The fault-injection run and the soak (gateway/chaos, a nested module, so
 # that toxiproxy never enters the main go.mod): their short forms run with
-# the other nested modules (about 2 min and 1.5 min); `make chaos` and
+# the other nested modules (about 2 min and 70 s); `make chaos` and
 # `make soak` run the long forms. They start their own local-kms, Vault and
 # Cloud KMS fake processes from the binaries built above (the fake is built
 # from the module). Their figure tables are printed at the end of the run.
