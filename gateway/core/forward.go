@@ -133,14 +133,14 @@ type counter interface{ Inc() }
 // returnTo ("" for none: 401).
 func (c *Core) pass(r *Request, a *Answer, g *guard, aud, origin, returnTo string, set []header.Field) ([]header.Field, bool) {
 	a.Route = g.name
-	if g.policy == nil {
-		a.Decision = "no-policy"
-		a.refuse(r, "no_policy", "no policy covers this request")
-		return nil, false
-	}
 	src := c.proxy.sources[g.source]
 	if src == nil {
 		a.Fail(http.StatusNotFound, "not_configured", "forward-auth needs --identity")
+		return nil, false
+	}
+	if g.policy == nil {
+		a.Decision = "no-policy"
+		a.refuse(r, "no_policy", "no policy covers this request")
 		return nil, false
 	}
 	id, err := src.Identify(r)
