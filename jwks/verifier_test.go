@@ -119,36 +119,15 @@ func newIssuer(t *testing.T, keys ...*ecdsa.PrivateKey) *issuer {
 }
 
 // newMemIssuer is newIssuer without a listener: verifiers reach it through
-// memTransport, so that a test of the refresh timing can run in a synctest
+// backendtest.MemTransport, so that a test of the refresh timing can run in a synctest
 // bubble (a goroutine blocked on a real connection is not durably blocked,
 // and the bubble's clock would not move).
 func newMemIssuer(t *testing.T, keys ...*ecdsa.PrivateKey) *issuer {
 	t.Helper()
 	is := loadIssuer(t, keys...)
 	is.base = "http://jwks.invalid"
-	is.client = &http.Client{Transport: memTransport{http.HandlerFunc(is.serve)}}
+	is.client = &http.Client{Transport: backendtest.MemTransport{Handler: http.HandlerFunc(is.serve)}}
 	return is
-}
-
-// memTransport serves each request with a handler in memory, in a goroutine
-// of its own, and gives up when the request's context ends, as a client
-// waiting on a silent server does.
-type memTransport struct{ h http.Handler }
-
-func (m memTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	done := make(chan *http.Response, 1)
-	go func() {
-		rec := httptest.NewRecorder()
-		m.h.ServeHTTP(rec, r)
-		done <- rec.Result()
-	}()
-	select {
-	case resp := <-done:
-		resp.Request = r
-		return resp, nil
-	case <-r.Context().Done():
-		return nil, r.Context().Err()
-	}
 }
 
 // loadIssuer writes keys to a PEM file and loads them into a keyring.

@@ -108,15 +108,7 @@ func (a *Answer) identityFailure(err error, source string) {
 }
 
 // forbiddenPage is the page a browser gets when a policy refuses it.
-var forbiddenPage = []byte(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>403 Forbidden</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body style="font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem">
-<h1>403 Forbidden</h1>
-<p>You are signed in, but this application's access policy does not let you in.</p>
-<p>If you need access, ask the team that runs it.</p>
-</body></html>
-`)
+var forbiddenPage = htmlPage(http.StatusForbidden, "You are signed in, but this application's access policy does not let you in. If you need access, ask the team that runs it.")
 
 // refuse answers a request that a policy refused: 403, with a small HTML
 // page for a browser (Accept names text/html) and the JSON error for

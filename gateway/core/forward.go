@@ -151,8 +151,7 @@ func (c *Core) pass(r *Request, a *Answer, g *guard, aud, origin, returnTo strin
 			return nil, false
 		}
 		if errors.Is(err, identity.ErrUnavailable) && browser(r) {
-			a.page(http.StatusServiceUnavailable, "The identity provider cannot be reached now. Try again in a minute.")
-			a.Set("Retry-After", "5")
+			a.providerDown()
 			return nil, false
 		}
 		a.identityFailure(err, g.source)

@@ -41,8 +41,7 @@ func (c *Core) signIn(r *Request, a *Answer, returnTo string) {
 	resp, err := c.proxy.signin.SignIn(origin(r), returnTo)
 	if err != nil {
 		c.log.Warn("sign-in not started", "err", err.Error())
-		a.page(http.StatusServiceUnavailable, "The identity provider cannot be reached now. Try again in a minute.")
-		a.Set("Retry-After", "5")
+		a.providerDown()
 		return
 	}
 	a.signinResponse(resp)
@@ -67,8 +66,7 @@ func (c *Core) serveLogin(r *Request, a *Answer) {
 	}
 	resp, err := c.proxy.signin.SignIn(origin(r), signin.SafeReturn(rd))
 	if err != nil {
-		a.page(http.StatusServiceUnavailable, "The identity provider cannot be reached now. Try again in a minute.")
-		a.Set("Retry-After", "5")
+		a.providerDown()
 		return
 	}
 	a.signinResponse(resp)
@@ -91,15 +89,26 @@ func (a *Answer) signinResponse(resp signin.Response) {
 	a.page(resp.Status, resp.Page)
 }
 
+// providerDown answers a browser whose sign-in needs the identity provider
+// while it cannot be reached: a 503 page, never a redirect (no loop).
+func (a *Answer) providerDown() {
+	a.page(http.StatusServiceUnavailable, "The identity provider cannot be reached now. Try again in a minute.")
+	a.Set("Retry-After", "5")
+}
+
 // page makes a a small HTML page with a message.
 func (a *Answer) page(status int, msg string) {
-	title := strconv.Itoa(status) + " " + http.StatusText(status)
-	a.Status, a.ContentType = status, "text/html; charset=utf-8"
-	a.Body = []byte(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>` + html.EscapeString(title) + `</title>
+	a.Status, a.ContentType, a.Body = status, "text/html; charset=utf-8", htmlPage(status, msg)
+}
+
+// htmlPage is a small HTML page headed by a status with a message.
+func htmlPage(status int, msg string) []byte {
+	title := html.EscapeString(strconv.Itoa(status) + " " + http.StatusText(status))
+	return []byte(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>` + title + `</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
 <body style="font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem">
-<h1>` + html.EscapeString(title) + `</h1>
+<h1>` + title + `</h1>
 <p>` + html.EscapeString(msg) + `</p>
 </body></html>
 `)

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"sync"
@@ -21,28 +20,9 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/kmsgate/kmsgate/backends/backendtest"
 )
-
-// memTransport serves requests with a handler in memory, so that the source
-// can run in a synctest bubble (a goroutine blocked on a real connection is
-// not durably blocked, and the bubble's clock would not move).
-type memTransport struct{ h http.Handler }
-
-func (m memTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	done := make(chan *http.Response, 1)
-	go func() {
-		rec := httptest.NewRecorder()
-		m.h.ServeHTTP(rec, r)
-		done <- rec.Result()
-	}()
-	select {
-	case resp := <-done:
-		resp.Request = r
-		return resp, nil
-	case <-r.Context().Done():
-		return nil, r.Context().Err()
-	}
-}
 
 // bearer is a Request carrying only an Authorization header.
 type bearer string
@@ -103,7 +83,7 @@ func TestOIDCRetrySchedule(t *testing.T) {
 		}), nil))
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		d, err := discover(ctx, issuer, log, &http.Client{Transport: memTransport{mux}})
+		d, err := discover(ctx, issuer, log, &http.Client{Transport: backendtest.MemTransport{Handler: mux}})
 		if err != nil {
 			t.Fatal(err)
 		}
